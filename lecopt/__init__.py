@@ -1,0 +1,48 @@
+"""lecopt: the advanced-optimization lecture as an exact, fast, composable JAX library.
+
+Optimizers and primitives are optax gradient transformations that are also pytrees of their
+hyperparameters; schedules are pure functions of the step; BatchNorm is a Flax module.
+"""
+
+from optax import apply_updates
+
+from lecopt.optimizers import adagrad, adam, lookahead_params, rmsprop, sgd
+from lecopt.transforms import (
+    AdamState,
+    MomentumState,
+    RmsState,
+    ScaleByLearningRateState,
+    SumOfSquaresState,
+    add_decayed_weights,
+    bias_correction,
+    chain,
+    scale_by_adam,
+    scale_by_learning_rate,
+    scale_by_momentum,
+    scale_by_rms,
+    scale_by_sum_of_squares,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdamState",
+    "MomentumState",
+    "RmsState",
+    "ScaleByLearningRateState",
+    "SumOfSquaresState",
+    "adagrad",
+    "adam",
+    "add_decayed_weights",
+    "apply_updates",
+    "bias_correction",
+    "chain",
+    "lookahead_params",
+    "rmsprop",
+    "scale_by_adam",
+    "scale_by_learning_rate",
+    "scale_by_momentum",
+    "scale_by_rms",
+    "scale_by_sum_of_squares",
+    "sgd",
+]
