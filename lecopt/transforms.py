@@ -150,10 +150,13 @@ def bias_correction(moment: Updates, decay: Any, count: jax.Array) -> Updates:
     """
 
     def correct(m: jax.Array) -> jax.Array:
-        # The divisor is computed in at least float32: 1 - 0.999**t in bfloat16 is 0 for small t.
+        # The factor is computed once, as a scalar, in at least float32 (1 - 0.999**t is 0 in
+        # bfloat16 for small t); the per-element work is then one multiplication, not a
+        # division, which keeps Adam's update bound by memory rather than by the divider.
         wide = jnp.promote_types(m.dtype, jnp.float32)
         t = jnp.asarray(count).astype(wide)
-        return (m.astype(wide) / (1 - jnp.asarray(decay).astype(wide) ** t)).astype(m.dtype)
+        factor = 1 / (1 - jnp.asarray(decay).astype(wide) ** t)
+        return (m * factor.astype(m.dtype)).astype(m.dtype)
 
     return jax.tree.map(correct, moment)
 
@@ -347,7 +350,9 @@ def _adam_update(b1, b2, eps, updates, state, params=None, **extra):
     s = _ema(state.first_moment, updates, b1)
     r = _ema(state.second_moment, _square(updates), b2)
     s_hat, r_hat = bias_correction(s, b1, t), bias_correction(r, b2, t)
-    out = jax.tree.map(lambda sh, rh: sh / jnp.sqrt(rh + _like(eps, rh)), s_hat, r_hat)
+    # rsqrt and a product instead of a square root and a division: the same value to an ulp,
+    # a fraction of the cost per element.
+    out = jax.tree.map(lambda sh, rh: sh * jax.lax.rsqrt(rh + _like(eps, rh)), s_hat, r_hat)
     return out, AdamState(count=t, first_moment=s, second_moment=r)
 
 

@@ -1,0 +1,358 @@
+"""The ``lecopt`` command: ``reproduce``, ``train``, ``lr-find`` and ``bench``.
+
+Every bad option gives one line naming the option and what is allowed, and argparse's exit
+code 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+DATASETS = ("mnist-5k", "mnist", "fashion-mnist")
+OPTIMIZER_NAMES = ("sgd", "adam", "rmsprop", "adagrad")
+SCHEDULE_HELP = (
+    "a learning-rate schedule over training steps: 'constant', 'linear:END[:STEPS]' (linear "
+    "decay from --lr to END over STEPS, default all steps), 'triangular:BASE:STEP_SIZE', "
+    "'triangular2:BASE:STEP_SIZE' (cyclical between BASE and --lr), 'cosine:MIN[:PERIOD]', "
+    "'sgdr:MIN:PERIOD[:MULT[:DECAY]]' (warm restarts)"
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Argument types: each rejects a bad value with one line that names what is allowed.
+
+
+def _number(kind: str, lo: float, hi: float = math.inf, lo_open: bool = False,
+            hi_open: bool = False, integer: bool = False) -> Callable[[str], Any]:
+    def parse(text: str):
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
+        ok = math.isfinite(value) and (value > lo if lo_open else value >= lo) and (
+            value < hi if hi_open else value <= hi)
+        if not ok:
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range: expected {kind}")
+        return value
+
+    return parse
+
+
+nonneg_float = _number("a finite number >= 0", 0.0)
+pos_float = _number("a finite number > 0", 0.0, lo_open=True)
+unit_float = _number("a number in [0, 1)", 0.0, 1.0, hi_open=True)
+pos_int = _number("an integer >= 1", 1, integer=True)
+nonneg_int = _number("an integer >= 0", 0, integer=True)
+
+
+def _features(text: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of layer widths, e.g. 512,512") from None
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: every layer width must be >= 1")
+    return out
+
+
+def _only(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def make_schedule(spec: str, lr: float, total_steps: int):
+    """Builds a schedule from the ``--schedule`` text (see SCHEDULE_HELP); ValueError if bad."""
+    from lecopt import schedules  # noqa: PLC0415 - imported only when asked for
+
+    name, *args = spec.split(":")
+    try:
+        nums = [float(a) for a in args]
+    except ValueError:
+        raise ValueError(f"--schedule {spec!r}: the parameters must be numbers") from None
+
+    def need(lo: int, hi: int) -> None:
+        if not lo <= len(nums) <= hi:
+            raise ValueError(f"--schedule {spec!r}: {name} takes {lo}-{hi} parameters; "
+                             f"{SCHEDULE_HELP}")
+
+    if name == "constant":
+        need(0, 0)
+        return schedules.constant(lr)
+    if name == "linear":
+        need(1, 2)
+        steps = int(nums[1]) if len(nums) > 1 else total_steps
+        return schedules.linear_decay(lr, nums[0], steps)
+    if name in ("triangular", "triangular2"):
+        need(2, 2)
+        return getattr(schedules, name)(nums[0], lr, int(nums[1]))
+    if name == "cosine":
+        need(1, 2)
+        return schedules.cosine_annealing(lr, nums[0], int(nums[1]) if len(nums) > 1
+                                          else total_steps)
+    if name == "sgdr":
+        need(2, 4)
+        mult = nums[2] if len(nums) > 2 else 1
+        decay = nums[3] if len(nums) > 3 else 1.0
+        return schedules.sgdr(lr, nums[0], int(nums[1]), mult, decay)
+    raise ValueError(f"--schedule {spec!r}: unknown schedule {name!r}; {SCHEDULE_HELP}")
+
+
+def build_optimizer(name: str, learning_rate: Any, momentum: float, weight_decay: float,
+                    nesterov: bool = False):
+    """The optimizer named on the command line (momentum/weight decay apply to sgd)."""
+    from lecopt import optimizers  # noqa: PLC0415
+
+    if name == "sgd":
+        return optimizers.sgd(learning_rate, momentum=momentum, nesterov=nesterov,
+                              weight_decay=weight_decay)
+    return getattr(optimizers, name)(learning_rate)
+
+
+# --------------------------------------------------------------------------------------------
+# Subcommands.
+
+
+def _cmd_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from lecopt import bench  # noqa: PLC0415
+
+    sections = args.only or list(bench.SECTIONS)
+    for s in sections:
+        if s not in bench.SECTIONS:
+            parser.error(f"--only: unknown section {s!r}; choose from {', '.join(bench.SECTIONS)}")
+    bench.run(sections, quick=args.quick, json_path=args.json)
+    if args.json:
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _load_data(args, parser):
+    from lecopt import data  # noqa: PLC0415
+
+    try:
+        return data.load(args.data, data_dir=args.data_dir)
+    except (FileNotFoundError, ValueError) as e:
+        parser.error(f"--data {args.data}: {e}")
+
+
+def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    from lecopt import nn, train  # noqa: PLC0415
+
+    ds = _load_data(args, parser)
+    steps_per_epoch = len(ds.x_train) // args.batch_size
+    if steps_per_epoch < 1:
+        parser.error(f"--batch-size {args.batch_size}: larger than the {len(ds.x_train)} "
+                     "training examples")
+    lr: Any = args.lr
+    if args.schedule:
+        try:
+            lr = make_schedule(args.schedule, args.lr, steps_per_epoch * args.epochs)
+        except ValueError as e:
+            parser.error(str(e))
+    tx = build_optimizer(args.optimizer, lr, args.momentum, args.weight_decay, args.nesterov)
+    model = nn.MLP(features=args.features, num_classes=ds.num_classes,
+                   batch_norm=args.batch_norm)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = str(out / "checkpoints") if (args.resume or args.checkpoint_every) else None
+    if ckpt and not args.resume and Path(ckpt).exists() and any(Path(ckpt).iterdir()):
+        parser.error(f"--out {out}: holds checkpoints from an earlier run; pass --resume to "
+                     "continue it or choose another --out")
+    kwargs: dict[str, Any] = {}
+    if args.checkpoint_every:
+        kwargs["checkpoint_every"] = args.checkpoint_every
+    _, history = train.fit(model, tx, ds, epochs=args.epochs, batch_size=args.batch_size,
+                           seed=args.seed, checkpoint_dir=ckpt, progress=not args.quiet,
+                           **kwargs)
+    hist = history.to_dict() if hasattr(history, "to_dict") else dict(history)
+    hist["settings"] = {k: v for k, v in vars(args).items() if k != "func"}
+    (out / "history.json").write_text(json.dumps(hist, indent=1, default=_jsonable))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    train.plot_history(history, ax=axes)
+    fig.suptitle(f"{args.optimizer} on {args.data}: lr={args.lr:g}"
+                 + (f", momentum={args.momentum:g}" if args.optimizer == "sgd" else "")
+                 + (", BatchNorm" if args.batch_norm else ""))
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=110)
+    plt.close(fig)
+    last = {k: hist[k][-1] for k in ("train_loss", "train_error", "test_loss", "test_error")
+            if k in hist and hist[k]}
+    print("final: " + ", ".join(f"{k}={v:.4f}" for k, v in last.items()))
+    print(f"wrote {out / 'history.json'} and {out / 'curves.png'}")
+    return 0
+
+
+def _jsonable(x: Any) -> Any:
+    try:
+        import numpy as np  # noqa: PLC0415
+
+        return np.asarray(x).tolist()
+    except Exception:  # noqa: BLE001
+        return str(x)
+
+
+def _cmd_lr_find(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import optax  # noqa: PLC0415
+
+    from lecopt import lr_finder, nn  # noqa: PLC0415
+
+    if args.min_lr >= args.max_lr:
+        parser.error(f"--min-lr {args.min_lr:g} must be smaller than --max-lr {args.max_lr:g}")
+    ds = _load_data(args, parser)
+    model = nn.MLP(features=args.features, num_classes=ds.num_classes,
+                   batch_norm=args.batch_norm)
+    n = (len(ds.x_train) // args.batch_size) * args.batch_size
+    if n == 0:
+        parser.error(f"--batch-size {args.batch_size}: larger than the training set")
+    perm = jax.random.permutation(jax.random.key(args.seed), len(ds.x_train))[:n]
+    xb = jnp.asarray(ds.x_train)[perm].reshape(n // args.batch_size, args.batch_size, -1)
+    yb = jnp.asarray(ds.y_train)[perm].reshape(n // args.batch_size, args.batch_size)
+    variables = model.init(jax.random.key(args.seed), xb[0], train=False)
+    params = variables["params"]
+
+    def logits_loss(logits, y):
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    def make_tx(lr):
+        return build_optimizer(args.optimizer, lr, args.momentum, args.weight_decay)
+
+    if args.batch_norm:
+        def loss_fn(params, state, batch):
+            logits, upd = model.apply({"params": params, **state}, batch[0], train=True,
+                                      mutable=["batch_stats"])
+            return logits_loss(logits, batch[1]), upd
+
+        model_state = {"batch_stats": variables["batch_stats"]}
+    else:
+        def loss_fn(params, batch):
+            return logits_loss(model.apply({"params": params}, batch[0], train=False), batch[1])
+
+        model_state = None
+    result = lr_finder.lr_range_test(loss_fn, params, (xb, yb), make_tx, min_lr=args.min_lr,
+                                     max_lr=args.max_lr, num_steps=args.steps,
+                                     model_state=model_state)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    result.plot(ax=ax)
+    ax.set_title(f"LR range test: {args.optimizer}"
+                 + (f" (momentum {args.momentum:g})" if args.optimizer == "sgd" else "")
+                 + (" + BatchNorm" if args.batch_norm else "") + f" on {args.data}")
+    fig.tight_layout()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=110)
+    plt.close(fig)
+    print(f"suggested learning rate: {float(result.suggestion):.3g}")
+    for k, v in result.suggestions.items():
+        print(f"  {k}: {float(v):.3g}")
+    print(f"stopped at step {int(result.stopped_at)} of {args.steps}; wrote {args.out}")
+    return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from lecopt.experiments import runner  # noqa: PLC0415
+
+    return runner.main(args, parser)
+
+
+# --------------------------------------------------------------------------------------------
+# Parser.
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", choices=DATASETS, default="mnist-5k",
+                   help="data set (mnist-5k is embedded; the others read IDX files)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder with the IDX files for mnist/fashion-mnist ($LECOPT_DATA)")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default="sgd")
+    p.add_argument("--momentum", type=unit_float, default=0.9, help="phi for sgd, in [0, 1)")
+    p.add_argument("--weight-decay", type=nonneg_float, default=1e-3,
+                   help="L2 weight decay lambda for sgd, >= 0")
+    p.add_argument("--batch-norm", action="store_true",
+                   help="BatchNorm before each hidden nonlinearity")
+    p.add_argument("--features", type=_features, default=(512, 512),
+                   help="hidden layer widths, comma-separated (default 512,512)")
+    p.add_argument("--batch-size", type=pos_int, default=128)
+    p.add_argument("--seed", type=nonneg_int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lecopt",
+        description="The advanced-optimization lecture, reproduced with JAX.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("reproduce", help="re-run every experiment of the lecture; write a report")
+    p.add_argument("--quick", action="store_true", help="small settings (about 3 minutes)")
+    p.add_argument("--out", default="results", help="output folder (default results/)")
+    p.add_argument("--only", type=_only, default=None,
+                   help="comma-separated claim or experiment ids to run")
+    _add_data_args(p)
+    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--figures-dir", default=None,
+                   help="also copy the README's figures into this folder (e.g. docs)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_reproduce)
+
+    p = sub.add_parser("train", help="train the lecture's MLP and write its curves")
+    _add_data_args(p)
+    _add_model_args(p)
+    p.add_argument("--lr", type=nonneg_float, default=0.03, help="learning rate alpha >= 0")
+    p.add_argument("--nesterov", action="store_true", help="Nesterov momentum (sgd)")
+    p.add_argument("--epochs", type=pos_int, default=10)
+    p.add_argument("--schedule", default=None, help=SCHEDULE_HELP)
+    p.add_argument("--out", default="train-out", help="output folder")
+    p.add_argument("--resume", action="store_true",
+                   help="resume from the newest checkpoint in OUT/checkpoints")
+    p.add_argument("--checkpoint-every", type=pos_int, default=None,
+                   help="save a checkpoint every N steps (and at the end)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("lr-find", help="learning-rate range test on the lecture's MLP")
+    _add_data_args(p)
+    _add_model_args(p)
+    p.add_argument("--min-lr", type=pos_float, default=1e-6)
+    p.add_argument("--max-lr", type=pos_float, default=10.0)
+    p.add_argument("--steps", type=_number("an integer >= 2", 2, integer=True), default=100)
+    p.add_argument("--out", default="lr-find.png", help="figure file")
+    p.set_defaults(func=_cmd_lr_find)
+
+    p = sub.add_parser("bench", help="time lecopt against optax, Flax (and torch if present)")
+    p.add_argument("--quick", action="store_true", help="fewer rounds")
+    p.add_argument("--only", type=_only, default=None,
+                   help="comma-separated sections: updates, lr, nn, train")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+    p.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    sub = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001
+    return int(args.func(args, sub) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

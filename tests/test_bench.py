@@ -1,0 +1,66 @@
+"""The bench's machinery: traffic read off the HLO, the update table, the command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+
+from lecopt import bench
+
+
+def test_compiled_traffic_of_axpy_is_three_streams():
+    n = 1 << 18
+    x = jnp.ones(n)
+    f = jax.jit(lambda x, y: x + 2.0 * y, donate_argnums=(0,))
+    hlo = f.lower(x, x).compile().as_text()
+    t = bench.compiled_traffic(hlo)
+    assert t["bytes"] == 3 * 4 * n
+    assert t["loops"] == 1
+
+
+def test_compiled_traffic_of_momentum_counts_every_stream():
+    shapes = [(256, 256), (256,)]
+    _, hlo = bench._jax_contestant(bench.OPTIMIZER_CASES["momentum"]["lecopt"](), shapes, 0)
+    t = bench.compiled_traffic(hlo, min_bytes=1 << 16)
+    # Only the big leaf counts: p, g, nu read; p, nu written at the least.
+    assert t["bytes"] >= 5 * 4 * 256 * 256
+
+
+def test_run_updates_small():
+    res = bench.run_updates(rounds=2, repeats=1, shapes=[(128, 64), (64,)],
+                            cases=["momentum", "adam"])
+    names = {(r["optimizer"], r["contestant"]) for r in res["rows"]}
+    assert {("momentum", "lecopt"), ("momentum", "optax"), ("adam", "lecopt"),
+            ("adam", "optax")} <= names
+    assert set(res["ratios"]) >= {"momentum: lecopt/optax", "adam: lecopt/optax"}
+    assert all(r["median_s"] > 0 for r in res["rows"])
+    text = bench.format_section(res)
+    assert "lecopt/optax" in text and "GB/s" in text
+
+
+def test_cli_bench_help_and_bad_section(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "lecopt", "bench", "--help"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "--json" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "lecopt", "bench", "--only", "nope"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert "--only" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_bench_json(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "BENCH_SHAPES", [(64, 32), (32,)])
+    monkeypatch.setitem(bench.SECTIONS, "updates", "tests.test_bench:_small_updates")
+    path = tmp_path / "b.json"
+    bench.run(["updates"], quick=True, json_path=str(path), echo=lambda s: None)
+    data = json.loads(path.read_text())
+    assert "updates" in data["sections"]
+    assert data["sections"]["updates"]["ratios"]
+
+
+def _small_updates(quick: bool = False):
+    return bench.run_updates(rounds=2, repeats=1, shapes=[(64, 32), (32,)], cases=["rmsprop"])
