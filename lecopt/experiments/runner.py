@@ -239,6 +239,41 @@ def _html(out: Path, ctx, claims, results, held, crashed, meta) -> str:
     return "\n".join(parts)
 
 
+def claims_table(doc: dict[str, Any]) -> str:
+    """The claims as a Markdown table (for the README)."""
+    rows = ["| # | claim | verdict | evidence |", "|---|---|---|---|"]
+    for c in doc["claims"]:
+        rows.append(f"| {c['number']} | {_md(c['statement'])} | {c['verdict']} | "
+                    f"{_md(c['evidence'])} |")
+    return "\n".join(rows)
+
+
+def publish(out: Path, dest: Path, doc: dict[str, Any]) -> None:
+    """Copies the README's figures to ``dest`` and refreshes the README's claims table.
+
+    The table goes between the markers ``<!-- claims:start -->`` and ``<!-- claims:end -->``
+    of ``README.md`` in the current folder, when both exist; nothing is typed in by hand.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in README_FIGURES:
+        src = out / "figures" / f"{name}.png"
+        if src.exists():
+            shutil.copy(src, dest / src.name)
+    s = doc["summary"]
+    table = (f"{s['reproduced']} of {s['claims']} claims reproduced ({doc['data']}, seed "
+             f"{doc['seed']}, {'quick' if doc['quick'] else 'full'} run, "
+             f"{doc['elapsed_s']:.0f} s, {doc['versions']['device']}).\n\n" + claims_table(doc))
+    (dest / "claims.md").write_text(table + "\n")
+    readme = Path("README.md")
+    start, end = "<!-- claims:start -->", "<!-- claims:end -->"
+    if readme.exists():
+        text = readme.read_text()
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            _, tail = rest.split(end, 1)
+            readme.write_text(f"{head}{start}\n{table}\n{end}{tail}")
+
+
 def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Entry point of ``lecopt reproduce``; exits non-zero only when an experiment crashed."""
     import matplotlib  # noqa: PLC0415
@@ -267,10 +302,5 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
              else "") + f" ({elapsed:.0f} s).")
     print(f"report: {out / 'report.md'}, {out / 'report.html'}, {out / 'claims.json'}")
     if args.figures_dir:
-        dest = Path(args.figures_dir)
-        dest.mkdir(parents=True, exist_ok=True)
-        for name in README_FIGURES:
-            src = out / "figures" / f"{name}.png"
-            if src.exists():
-                shutil.copy(src, dest / src.name)
+        publish(out, Path(args.figures_dir), doc)
     return 1 if s["crashed_experiments"] else 0
