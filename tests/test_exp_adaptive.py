@@ -1,0 +1,155 @@
+"""Tests of the adaptive-learning-rate experiment: its metrics on known inputs, its runs against
+the lecture's algorithm boxes in NumPy, the saddle and Adam claims with their figures, and (slow)
+one quick end-to-end run with the MNIST part."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from lecopt import transforms as T
+from lecopt.experiments import Context
+from lecopt.experiments import adaptive as A
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+# ----------------------------------------------------------------------------- escape_step
+
+
+def test_escape_step_known_paths():
+    path = [[1.0, 0.0], [0.5, 0.2], [0.2, -1.5], [0.0, 2.0]]
+    assert A.escape_step(path, 1.0) == 2  # |x2| counts on either side of the saddle
+    assert A.escape_step(path, 1.9) == 3
+    assert A.escape_step(path, 2.0) is None  # strictly beyond the radius
+    # Along x1 instead; the direction need not be a unit vector.
+    assert A.escape_step(path, 0.9, direction=(3.0, 0.0)) == 0
+    assert A.escape_step(path, 0.9, direction=(-1.0, 0.0)) == 0
+    # Around another centre.
+    assert A.escape_step(path, 0.5, center=(0.0, 0.2)) == 2
+    # Along a diagonal: (x1 + x2)/sqrt(2) > 1 first at [0.0, 2.0] (1.41).
+    assert A.escape_step(path, 1.0, direction=(1.0, 1.0)) == 3
+
+
+def test_escape_step_of_a_linearised_saddle_closed_form():
+    # GD on x1^2 - x2^2 near the saddle: x2_t = x2_0 (1 + 2 alpha)^t exactly, so the first t
+    # with x2_t > r is floor(log(r / x2_0) / log(1 + 2 alpha)) + 1.
+    alpha, x20, r = 0.05, 1e-3, 0.5
+    t = np.arange(200)
+    path = np.stack([1.5 * (1 - 2 * alpha) ** t, x20 * (1 + 2 * alpha) ** t], axis=1)
+    expected = math.floor(math.log(r / x20) / math.log(1 + 2 * alpha)) + 1
+    assert A.escape_step(path, r) == expected
+
+
+def test_escape_step_bad_input():
+    with pytest.raises(ValueError, match="radius"):
+        A.escape_step([[0.0, 0.0]], 0.0)
+    with pytest.raises(ValueError, match="shape"):
+        A.escape_step([0.0, 1.0], 1.0)
+    with pytest.raises(ValueError, match="zero"):
+        A.escape_step([[0.0, 1.0]], 1.0, direction=(0.0, 0.0))
+
+
+def test_loglog_slope_of_power_laws():
+    t = np.arange(1, 1000)
+    assert A.loglog_slope(t, 3.0 / np.sqrt(t)) == pytest.approx(-0.5, abs=1e-12)
+    assert A.loglog_slope(t, np.full(t.shape, 2.0)) == pytest.approx(0.0, abs=1e-12)
+    assert A.loglog_slope([1, 10, 100], [1.0, 0.1, 0.01]) == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match="same length"):
+        A.loglog_slope([1, 2], [1.0])
+
+
+# ----------------------------------------------------------------------------- runs vs NumPy
+
+
+def test_second_moments_are_algorithms_3_and_4(x64):
+    g = np.random.default_rng(0).normal(1.0, 0.5, 100)
+    r_ada = A._second_moments(T.scale_by_sum_of_squares(1e-7), jnp.asarray(g), "adagrad")
+    np.testing.assert_allclose(np.asarray(r_ada), np.cumsum(g * g), rtol=1e-12)  # line 8
+    rho, r, ref = 0.9, 0.0, []
+    for gi in g:
+        r = rho * r + (1 - rho) * gi * gi  # Algorithm 4, line 8
+        ref.append(r)
+    r_rms = A._second_moments(T.scale_by_rms(rho, 1e-6), jnp.asarray(g), "rmsprop")
+    np.testing.assert_allclose(np.asarray(r_rms), ref, rtol=1e-12)
+
+
+def test_adam_moments_are_algorithm_5(x64):
+    g = np.random.default_rng(1).normal(1.0, 1.0, 30)
+    rho1, rho2 = 0.9, 0.999
+    s, s_hat, r, r_hat = (np.asarray(a) for a in A._adam_moments(
+        T.scale_by_adam(rho1, rho2), jnp.asarray(g), jnp.asarray(rho1), jnp.asarray(rho2)))
+    sn = rn = 0.0
+    for t, gi in enumerate(g, start=1):
+        sn = rho1 * sn + (1 - rho1) * gi  # line 11
+        rn = rho2 * rn + (1 - rho2) * gi * gi  # line 12
+        np.testing.assert_allclose(s[t - 1], sn, rtol=1e-12)
+        np.testing.assert_allclose(s_hat[t - 1], sn / (1 - rho1**t), rtol=1e-12)  # line 13
+        np.testing.assert_allclose(r[t - 1], rn, rtol=1e-12)
+        np.testing.assert_allclose(r_hat[t - 1], rn / (1 - rho2**t), rtol=1e-12)  # line 14
+
+
+def test_effective_rates_follow_the_closed_forms(tmp_path):
+    rates = A._effective_rates(Context(out_dir=tmp_path, progress=False))
+    assert rates["holds"]
+    assert rates["slope_adagrad"] == pytest.approx(-0.5, abs=A.SLOPE_TOL)
+    assert abs(rates["slope_rmsprop"]) < A.SLOPE_TOL
+    # Adagrad: r_t ~ t E[g^2], so alpha / sqrt(r_T) ~ alpha / sqrt(T E[g^2]).
+    c = A.RATE
+    e_g2 = c["mu"] ** 2 + c["sigma"] ** 2
+    assert rates["adagrad"][-1] == pytest.approx(c["alpha"] / math.sqrt(c["num_steps"] * e_g2),
+                                                 rel=0.05)
+
+
+# ----------------------------------------------------------------------------- claims 12, 13
+
+
+def test_adam_and_saddle_claims_hold_and_draw(tmp_path):
+    ctx = Context(out_dir=tmp_path, quick=True, progress=False)
+    adam_claim, adam_data = A._adam_bias(ctx)
+    assert adam_claim.id == "adam-bias-correction" and adam_claim.number == 12
+    assert adam_claim.holds, adam_claim.evidence
+    # The lecture's first step: s^[1] = (1 - rho1) g, so its mean is (1 - rho1) E[g].
+    assert adam_data["s"][0] == pytest.approx((1 - A.ADAM["rho1"]) * A.ADAM["mu"], rel=0.05)
+    json.dumps(adam_claim.to_dict())
+
+    saddle_claim, saddle_data = A._saddle(ctx)
+    assert saddle_claim.id == "saddle-escape" and saddle_claim.number == 13
+    assert saddle_claim.holds, saddle_claim.evidence
+    steps = saddle_claim.numbers["escape_steps"]
+    assert set(steps) == set(A.SADDLE_METHODS)
+    assert all(steps[m] < steps["SGD"] for m in A.SADDLE_METHODS if m != "SGD")
+    assert ("matched" in saddle_claim.evidence)
+    json.dumps(saddle_claim.to_dict())
+
+    for fig in (A._plot_adam(ctx, adam_data), A._plot_saddle(ctx, saddle_data)):
+        assert (tmp_path / fig.path).read_bytes()[:8] == PNG_MAGIC
+        assert fig.title and fig.caption
+    gif = ctx.figures_dir / "saddle.gif"
+    with Image.open(gif) as im:
+        assert im.format == "GIF"
+        assert 2 <= im.n_frames <= A.GIF_FRAMES
+    assert gif.stat().st_size < 1_000_000
+
+
+@pytest.mark.slow
+def test_quick_run(tmp_path):
+    res = A.run(Context(out_dir=tmp_path, quick=True, progress=False))
+    assert tuple(c.id for c in res.claims) == A.CLAIM_IDS
+    assert tuple(c.number for c in res.claims) == A.CLAIM_NUMBERS
+    by_id = {c.id: c for c in res.claims}
+    assert by_id["adam-bias-correction"].holds and by_id["saddle-escape"].holds
+    c11 = by_id["adagrad-vs-rmsprop"]
+    assert c11.seeds["run"] == A.MNIST_QUICK["seeds"]
+    for c in res.claims:
+        json.dumps(c.to_dict())
+    names = {f.path.split("/")[-1] for f in res.figures}
+    assert names == {"adaptive_rates.png", "adaptive_mnist.png", "adam_bias.png", "saddle.png"}
+    for f in res.figures:
+        assert (tmp_path / f.path).read_bytes()[:8] == PNG_MAGIC
+    assert (tmp_path / "figures" / "saddle.gif").exists()
+    json.dumps(res.settings)
