@@ -6,6 +6,8 @@ hyperparameters; schedules are pure functions of the step; BatchNorm is a Flax m
 
 from optax import apply_updates
 
+from lecopt import data, landscapes, nn, schedules
+from lecopt.lr_finder import LRRangeTestResult, lr_range_test
 from lecopt.optimizers import adagrad, adam, lookahead_params, rmsprop, sgd
 from lecopt.transforms import (
     AdamState,
@@ -27,6 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdamState",
+    "LRRangeTestResult",
     "MomentumState",
     "RmsState",
     "ScaleByLearningRateState",
@@ -37,12 +40,17 @@ __all__ = [
     "apply_updates",
     "bias_correction",
     "chain",
+    "data",
+    "landscapes",
     "lookahead_params",
+    "lr_range_test",
+    "nn",
     "rmsprop",
     "scale_by_adam",
     "scale_by_learning_rate",
     "scale_by_momentum",
     "scale_by_rms",
     "scale_by_sum_of_squares",
+    "schedules",
     "sgd",
 ]
