@@ -138,7 +138,11 @@ def _load_data(args, parser):
     try:
         return data.load(args.data, data_dir=args.data_dir)
     except (FileNotFoundError, ValueError) as e:
-        parser.error(f"--data {args.data}: {e}")
+        parser.error(f"--data {args.data}: {_one_line(e)}")
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(line.strip() for line in str(e).splitlines() if line.strip())
 
 
 def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -294,8 +298,15 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=nonneg_int, default=0)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (plus a pointer to ``--help``)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n(see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lecopt",
         description="The advanced-optimization lecture, reproduced with JAX.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

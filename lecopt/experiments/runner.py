@@ -287,7 +287,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         try:
             ctx.data()
         except (FileNotFoundError, ValueError) as e:
-            parser.error(f"--data {args.data}: {e}")
+            parser.error(f"--data {args.data}: " + " ".join(str(e).split()))
     t0 = time.perf_counter()
     results, unknown = run_all(ctx, args.only)
     if unknown:
