@@ -117,7 +117,10 @@ def _first_nonempty(preferred: jax.Array, fallback: jax.Array) -> jax.Array:
 def _steepest(lrs, smoothed, valid, skip):
     k = jnp.arange(lrs.shape[0] - 1)
     slope = (smoothed[1:] - smoothed[:-1]) / (jnp.log(lrs[1:]) - jnp.log(lrs[:-1]))
-    pair = valid[1:] & valid[:-1]
+    # Only the descent up to the smoothed minimum counts: once the loss has blown up (even
+    # when not past diverge_factor), a later drop is recovery from divergence, not learning.
+    lowest = jnp.argmin(jnp.where(valid, smoothed, jnp.inf))
+    pair = valid[1:] & valid[:-1] & (k < lowest)
     pair = _first_nonempty(pair & (k >= skip), pair)
     idx = jnp.argmin(jnp.where(pair, slope, jnp.inf))
     return jnp.where(jnp.any(pair), lrs[idx], jnp.nan)

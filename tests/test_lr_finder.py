@@ -315,3 +315,26 @@ def test_plot(diverging):
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert any("smoothed" in s for s in labels) and any("steepest" in s for s in labels)
     plt.close("all")
+
+
+def _scripted_loss(params, batch):
+    # The loss is read from the batch: the test scripts the curve the sweep sees.
+    return batch + 0.0 * jnp.sum(params)
+
+
+def test_suggestion_ignores_a_recovery_after_a_blow_up():
+    # A slow descent to 0.2 (steps 20-60), a spike to 0.75 that stays below diverge_factor x
+    # best, then a steeper drop to 0.4: the steep drop is recovery, not the rate to use.
+    t = np.arange(100)
+    curve = np.where(t < 20, 1.0, np.where(t <= 60, 1.0 - 0.8 * (t - 20) / 40, 0.2))
+    curve = np.where((t > 60) & (t <= 65), 0.2 + 0.11 * (t - 60), curve)
+    curve = np.where((t > 65) & (t <= 72), 0.75 - 0.05 * (t - 65), curve)
+    curve = np.where(t > 72, 0.4, curve).astype(np.float32)
+    res = lr_range_test(_scripted_loss, jnp.zeros(2), jnp.asarray(curve),
+                        lambda lr: optimizers.sgd(lr), num_steps=100, smoothing=0.5)
+    assert int(res.stopped_at) == 99  # never diverged
+    lrs = np.asarray(res.learning_rates)
+    lowest = int(np.nanargmin(np.asarray(res.smoothed_losses)))
+    assert 55 <= lowest <= 66
+    assert float(res.suggestion) <= lrs[lowest]
+    assert float(res.suggestion) >= lrs[20]
