@@ -6,7 +6,7 @@ hyperparameters; schedules are pure functions of the step; BatchNorm is a Flax m
 
 from optax import apply_updates
 
-from lecopt import data, landscapes, nn, schedules
+from lecopt import data, landscapes, nn, schedules, train
 from lecopt.lr_finder import LRRangeTestResult, lr_range_test
 from lecopt.optimizers import adagrad, adam, lookahead_params, rmsprop, sgd
 from lecopt.transforms import (
@@ -53,4 +53,5 @@ __all__ = [
     "scale_by_sum_of_squares",
     "schedules",
     "sgd",
+    "train",
 ]
