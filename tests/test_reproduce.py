@@ -93,7 +93,7 @@ def test_html_report_parses_and_is_self_contained(quick_run):
     assert "| # | claim | verdict |" in md
     for line in md.splitlines():
         if line.startswith("!["):
-            assert (out / line[line.index("(") + 1:-1]).exists()
+            assert (out / line[line.rindex("](") + 2:-1]).exists()
 
 
 def test_bad_options_give_one_line(tmp_path):

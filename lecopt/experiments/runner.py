@@ -168,7 +168,8 @@ def write_report(out: Path, ctx: Context, results, elapsed: float) -> dict[str, 
             md.append("Settings: " + ", ".join(f"`{k}={_short(v)}`" for k, v in
                                               r.settings.items()) + "\n")
         for f in r.figures:
-            md.append(f"![{_md(f.title or f.caption)}]({f.path})\n")
+            alt = _md(f.title or f.caption).replace("[", "(").replace("]", ")")
+            md.append(f"![{alt}]({f.path})\n")
             md.append(f"*{f.caption}*\n")
     (out / "report.md").write_text("\n".join(md))
     (out / "report.html").write_text(_html(out, ctx, claims, results, held, crashed, meta))
