@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from lecopt import schedules
+from lecopt import schedules, transforms
 from lecopt._checks import check_range
 
 __all__ = ["LRRangeTestResult", "lr_range_test"]
@@ -230,8 +230,9 @@ def _sweep(
         params, opt_state, ms, avg, best, _, stopped_at = carry
         (loss, new_ms), grads = grad_fn(params, ms, _take(batches, k, nb))
         loss = loss.astype(fdt)
-        avg = beta * avg + (1 - beta) * loss
-        smooth = avg / (1 - beta ** (k + 1).astype(fdt))
+        # fastai's smoothing is Adam's debiased first moment of the losses: one formula.
+        avg = transforms._ema(avg, loss, beta)
+        smooth = transforms.bias_correction(avg, beta, k + 1)
         best = jnp.minimum(best, smooth)
         # fastai's rule; NaN or inf (in the loss or its average) counts as divergence too.
         diverged = ~jnp.isfinite(loss) | ~jnp.isfinite(smooth) | (smooth > factor * best)

@@ -12,6 +12,11 @@ Symbols follow the lecture: ``alpha`` learning rate, ``phi`` momentum, ``rho`` d
 ``beta`` the small constant (``eps`` in code), ``nu`` velocity, ``r``/``s`` moments, ``t`` step.
 The incoming updates ``u`` are the gradient estimate ``g_hat`` (or the output of the previous
 transformation in a chain).
+
+Precision: accumulated state (velocity, ``r``, ``s``) is kept in at least float32 and the
+formulas are evaluated there; the outputs take the updates' dtype. For float32 and float64
+params this changes nothing; for bfloat16 params it keeps Adam's ``1 - rho2 = 0.001`` from
+rounding to zero (0.999 is 1.0 in bfloat16).
 """
 
 from __future__ import annotations
@@ -57,7 +62,8 @@ class MomentumState(NamedTuple):
     """State of :func:`scale_by_momentum`.
 
     Attributes:
-      velocity: ``nu``, shaped like the params.
+      velocity: ``nu``, shaped like the params (in at least float32: bfloat16 params keep a
+        float32 velocity, as they keep float32 moments below).
       momentum: ``phi`` used by the latest update (a scalar); kept so that
         :func:`lecopt.lookahead_params` can form ``theta + phi * nu`` from the state alone.
     """
@@ -104,6 +110,19 @@ def _like(hparam: Any, leaf: jax.Array) -> jax.Array:
     return jnp.asarray(hparam).astype(leaf.dtype)
 
 
+def _wide(x: jax.Array) -> jax.Array:
+    # Accumulated state (velocity, moments) is kept in at least float32: in bfloat16,
+    # 0.999 rounds to 1 and Adam's second moment would never move off zero.
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _zeros_wide(params: Params) -> Updates:
+    return jax.tree.map(
+        lambda p: jnp.zeros(jnp.shape(p), jnp.promote_types(jnp.result_type(p), jnp.float32)),
+        params,
+    )
+
+
 def _check_structure(name: str, updates: Updates, state_tree: Updates) -> None:
     ts, tu = jax.tree.structure(state_tree), jax.tree.structure(updates)
     if ts != tu:
@@ -121,17 +140,19 @@ def _increment(count: jax.Array) -> jax.Array:
 def _ema(moment: Updates, u: Updates, decay: Any) -> Updates:
     """``m <- rho m + (1 - rho) u``: RMSProp's ``r`` and Adam's ``s`` and ``r``."""
     return jax.tree.map(
-        lambda m, x: _like(decay, x) * m + (1 - _like(decay, x)) * x, moment, u
+        lambda m, x: _like(decay, m) * m + (1 - _like(decay, m)) * _wide(x), moment, u
     )
 
 
 def _square(u: Updates) -> Updates:
-    return jax.tree.map(lambda x: x * x, u)
+    return jax.tree.map(lambda x: _wide(x) * _wide(x), u)
 
 
 def _divide_by_root(u: Updates, r: Updates, eps: Any) -> Updates:
     """``u / (beta + sqrt(r))``: the update of Adagrad and RMSProp (Algorithms 3 and 4)."""
-    return jax.tree.map(lambda x, ri: x / (_like(eps, x) + jnp.sqrt(ri)), u, r)
+    return jax.tree.map(
+        lambda x, ri: (_wide(x) / (_like(eps, ri) + jnp.sqrt(ri))).astype(x.dtype), u, r
+    )
 
 
 def bias_correction(moment: Updates, decay: Any, count: jax.Array) -> Updates:
@@ -215,14 +236,14 @@ def scale_by_learning_rate(learning_rate: ScalarOrSchedule) -> optax.GradientTra
 def _momentum_init(params: Params) -> MomentumState:
     # phi is kept in the default float dtype (float64 under x64), not the params' dtype.
     return MomentumState(
-        velocity=jax.tree.map(jnp.zeros_like, params),
+        velocity=_zeros_wide(params),
         momentum=jnp.zeros([], jnp.result_type(float)),
     )
 
 
 def _momentum_step(momentum, updates, state):
     _check_structure("scale_by_momentum", updates, state.velocity)
-    nu = jax.tree.map(lambda v, u: _like(momentum, u) * v + u, state.velocity, updates)
+    nu = jax.tree.map(lambda v, u: _like(momentum, v) * v + _wide(u), state.velocity, updates)
     phi = jnp.asarray(momentum, dtype=state.momentum.dtype)
     return nu, MomentumState(velocity=nu, momentum=phi)
 
@@ -230,14 +251,16 @@ def _momentum_step(momentum, updates, state):
 def _momentum_update(momentum, updates, state, params=None, **extra):
     del params, extra
     nu, state = _momentum_step(momentum, updates, state)
-    return nu, state
+    return jax.tree.map(lambda v, u: v.astype(u.dtype), nu, updates), state
 
 
 def _nesterov_update(momentum, updates, state, params=None, **extra):
     del params, extra
     nu, state = _momentum_step(momentum, updates, state)
     # The look-ahead point theta + phi nu of Algorithm 2 moves by phi nu_new + u per step.
-    return jax.tree.map(lambda v, u: _like(momentum, u) * v + u, nu, updates), state
+    return jax.tree.map(
+        lambda v, u: (_like(momentum, v) * v + _wide(u)).astype(u.dtype), nu, updates
+    ), state
 
 
 def scale_by_momentum(momentum: float | jax.Array, nesterov: bool = False):
@@ -274,7 +297,7 @@ def scale_by_momentum(momentum: float | jax.Array, nesterov: bool = False):
 
 
 def _sum_of_squares_init(params: Params) -> SumOfSquaresState:
-    return SumOfSquaresState(sum_of_squares=jax.tree.map(jnp.zeros_like, params))
+    return SumOfSquaresState(sum_of_squares=_zeros_wide(params))
 
 
 def _sum_of_squares_update(eps, updates, state, params=None, **extra):
@@ -301,7 +324,7 @@ def scale_by_sum_of_squares(eps: float | jax.Array = 1e-7) -> optax.GradientTran
 
 
 def _rms_init(params: Params) -> RmsState:
-    return RmsState(second_moment=jax.tree.map(jnp.zeros_like, params))
+    return RmsState(second_moment=_zeros_wide(params))
 
 
 def _rms_update(decay, eps, updates, state, params=None, **extra):
@@ -338,8 +361,8 @@ def scale_by_rms(
 def _adam_init(params: Params) -> AdamState:
     return AdamState(
         count=jnp.zeros([], jnp.int32),
-        first_moment=jax.tree.map(jnp.zeros_like, params),
-        second_moment=jax.tree.map(jnp.zeros_like, params),
+        first_moment=_zeros_wide(params),
+        second_moment=_zeros_wide(params),
     )
 
 
@@ -352,7 +375,10 @@ def _adam_update(b1, b2, eps, updates, state, params=None, **extra):
     s_hat, r_hat = bias_correction(s, b1, t), bias_correction(r, b2, t)
     # rsqrt and a product instead of a square root and a division: the same value to an ulp,
     # a fraction of the cost per element.
-    out = jax.tree.map(lambda sh, rh: sh * jax.lax.rsqrt(rh + _like(eps, rh)), s_hat, r_hat)
+    out = jax.tree.map(
+        lambda sh, rh, u: (sh * jax.lax.rsqrt(rh + _like(eps, rh))).astype(u.dtype),
+        s_hat, r_hat, updates,
+    )
     return out, AdamState(count=t, first_moment=s, second_moment=r)
 
 

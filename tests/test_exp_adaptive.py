@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lecopt import optimizers as O
 from lecopt import transforms as T
 from lecopt.experiments import Context
 from lecopt.experiments import adaptive as A
@@ -66,16 +67,18 @@ def test_loglog_slope_of_power_laws():
 # ----------------------------------------------------------------------------- runs vs NumPy
 
 
-def test_second_moments_are_algorithms_3_and_4(x64):
+def test_effective_rates_are_algorithms_3_and_4(x64):
     g = np.random.default_rng(0).normal(1.0, 0.5, 100)
-    r_ada = A._second_moments(T.scale_by_sum_of_squares(1e-7), jnp.asarray(g), "adagrad")
-    np.testing.assert_allclose(np.asarray(r_ada), np.cumsum(g * g), rtol=1e-12)  # line 8
-    rho, r, ref = 0.9, 0.0, []
+    alpha, rho = 0.01, 0.9
+    rate_ada = A._effective_rate(O.adagrad(alpha, eps=1e-7), jnp.asarray(g))
+    r = np.cumsum(g * g)  # Algorithm 3, line 8
+    np.testing.assert_allclose(np.asarray(rate_ada), alpha / (1e-7 + np.sqrt(r)), rtol=1e-12)
+    r, ref = 0.0, []
     for gi in g:
         r = rho * r + (1 - rho) * gi * gi  # Algorithm 4, line 8
-        ref.append(r)
-    r_rms = A._second_moments(T.scale_by_rms(rho, 1e-6), jnp.asarray(g), "rmsprop")
-    np.testing.assert_allclose(np.asarray(r_rms), ref, rtol=1e-12)
+        ref.append(alpha / (1e-6 + np.sqrt(r)))  # line 9
+    rate_rms = A._effective_rate(O.rmsprop(alpha, decay=rho, eps=1e-6), jnp.asarray(g))
+    np.testing.assert_allclose(np.asarray(rate_rms), ref, rtol=1e-12)
 
 
 def test_adam_moments_are_algorithm_5(x64):

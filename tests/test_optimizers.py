@@ -141,10 +141,13 @@ def test_adam_matches_algorithm_5(x64, eps):
 
 
 def test_adam_large_eps_distinguishes_placement(x64):
-    # eps = 1e-2 outside the root (optax's default placement) is a different optimizer.
+    # eps = 1e-2 outside the root (optax's default placement) is a different optimizer:
+    # lecopt must follow the lecture, and differ from optax's default by far more than 1e-9.
     want = ref.adam(_theta0(), np_grad, 0.02, 0.9, 0.999, 1e-2, NUM_STEPS)
+    ours = _run_lecopt(lecopt.adam(0.02, eps=1e-2))
     outside = _run_lecopt(optax.adam(0.02, eps=1e-2))
-    assert not np.allclose(np.asarray(outside[-1]["w"]), want[-1]["w"], rtol=1e-4)
+    _assert_paths_close(ours, want)
+    assert not np.allclose(np.asarray(ours[-1]["w"]), np.asarray(outside[-1]["w"]), rtol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -500,3 +503,34 @@ def test_float64_stays_float64(kind, lr, phi):
         params = jnp.arange(3.0, dtype=jnp.float64)
         u, _ = tx.update(params + 1.0, tx.init(params), params)
     assert u.dtype == jnp.float64 and np.all(np.isfinite(u))
+
+
+@pytest.mark.parametrize("name", ["momentum", "nesterov", "adagrad", "rmsprop", "adam"])
+def test_bfloat16_params_follow_the_float32_run(name):
+    # bfloat16 params with float32 state: the trajectory stays within bfloat16 rounding of
+    # the float32 one (before the fix, Adam's r stayed 0 in bfloat16: steps 1e4x too large).
+    make = {
+        "momentum": lambda: lecopt.sgd(0.01, momentum=0.9),
+        "nesterov": lambda: lecopt.sgd(0.01, momentum=0.9, nesterov=True),
+        "adagrad": lambda: lecopt.adagrad(0.01),
+        "rmsprop": lambda: lecopt.rmsprop(0.01, decay=0.999),
+        "adam": lambda: lecopt.adam(0.01),
+    }[name]
+    g = jnp.array([0.5, -1.0, 2.0, 0.25])
+
+    def run(dtype):
+        tx = make()
+        p = jnp.ones(4, dtype)
+        state = tx.init(p)
+        for _ in range(5):
+            u, state = tx.update(g.astype(dtype), state, p)
+            assert u.dtype == dtype
+            p = optax.apply_updates(p, u)
+        return np.asarray(p, np.float32), state
+
+    p16, state16 = run(jnp.bfloat16)
+    p32, _ = run(jnp.float32)
+    np.testing.assert_allclose(p16, p32, rtol=0, atol=2e-2)
+    for leaf in jax.tree.leaves(state16):
+        if leaf.ndim:
+            assert leaf.dtype == jnp.float32

@@ -15,7 +15,6 @@ Three claims of the lecture's "Algorithms with adaptive learning rates" part:
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -138,31 +137,29 @@ def _fmt(n: int | None) -> str:
 # ---------------------------------------------------------------------------- claim 11
 
 
-@functools.partial(jax.jit, static_argnames="kind")
-def _second_moments(tx: optax.GradientTransformation, grads: jax.Array, kind: str) -> jax.Array:
-    """``r`` after every step of Adagrad's or RMSProp's scaling fed ``grads`` (shape (T,))."""
+@jax.jit
+def _effective_rate(tx: optax.GradientTransformation, grads: jax.Array) -> jax.Array:
+    """``-update / g`` after every step of an optimizer fed ``grads`` (shape (T,))."""
 
     def step(state, g):
-        _, state = tx.update(g, state)
-        r = state.sum_of_squares if kind == "adagrad" else state.second_moment
-        return state, r
+        u, state = tx.update(g, state)
+        return state, -u / g
 
-    _, rs = jax.lax.scan(step, tx.init(grads[0]), grads)
-    return rs
+    _, rates = jax.lax.scan(step, tx.init(grads[0]), grads)
+    return rates
 
 
 def _effective_rates(ctx: Context) -> dict[str, Any]:
     c = RATE
     key = jax.random.PRNGKey(ctx.seed)
     grads = c["mu"] + c["sigma"] * jax.random.normal(key, (c["num_steps"],), jnp.float32)
-    r_ada = np.asarray(_second_moments(transforms.scale_by_sum_of_squares(c["adagrad_eps"]),
-                                       grads, "adagrad"), np.float64)
-    r_rms = np.asarray(_second_moments(
-        transforms.scale_by_rms(c["rmsprop_decay"], c["rmsprop_eps"]), grads, "rmsprop"),
+    # The lecture's effective rate alpha / (beta + sqrt(r)) (Algorithms 3 and 4, line 9), read
+    # off the optimizers' own updates as -update / g, so the formula stays in the library.
+    rate_ada = np.asarray(_effective_rate(
+        optimizers.adagrad(c["alpha"], eps=c["adagrad_eps"]), grads), np.float64)
+    rate_rms = np.asarray(_effective_rate(
+        optimizers.rmsprop(c["alpha"], decay=c["rmsprop_decay"], eps=c["rmsprop_eps"]), grads),
         np.float64)
-    # The lecture's effective rate alpha / (beta + sqrt(r)), Algorithms 3 and 4 line 9.
-    rate_ada = c["alpha"] / (c["adagrad_eps"] + np.sqrt(r_ada))
-    rate_rms = c["alpha"] / (c["rmsprop_eps"] + np.sqrt(r_rms))
     t = np.arange(1, c["num_steps"] + 1)
     last = t >= c["num_steps"] // 10
     slope_ada = loglog_slope(t[last], rate_ada[last])
