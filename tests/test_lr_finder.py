@@ -338,3 +338,34 @@ def test_suggestion_ignores_a_recovery_after_a_blow_up():
     assert 55 <= lowest <= 66
     assert float(res.suggestion) <= lrs[lowest]
     assert float(res.suggestion) >= lrs[20]
+
+
+def _numpy_suggestions(res, num_steps):
+    """The three suggestions recomputed in float64 NumPy from the recorded curve (fastai's
+    rules: steepest decline before the minimum, minimum / 10, and the "valley")."""
+    lrs = np.asarray(res.learning_rates, np.float64)
+    sm = np.asarray(res.smoothed_losses, np.float64)
+    last = int(res.stopped_at) - int(bool(res.diverged))  # the diverged point is not used
+    skip = min(10, num_steps // 10)
+    lowest = int(np.argmin(sm[: last + 1]))
+    slopes = np.diff(sm) / np.diff(np.log(lrs))
+    pairs = [k for k in range(skip, last) if k < lowest]
+    steepest = lrs[min(pairs, key=lambda k: slopes[k])]
+    seg = sm[skip: last + 1]
+    minimum = lrs[skip + int(np.argmin(seg))] / 10
+    lds = [1] * len(seg)
+    for i in range(1, len(seg)):
+        for j in range(i):
+            if seg[i] < seg[j] and lds[i] < lds[j] + 1:
+                lds[i] = lds[j] + 1
+    end = int(np.argmax(lds))
+    length = lds[end]
+    valley = lrs[skip + end - length + length // 3 + length // 6]
+    return {"steepest": steepest, "minimum/10": minimum, "valley": valley}
+
+
+def test_suggestions_equal_a_numpy_recomputation(diverging):
+    want = _numpy_suggestions(diverging, 100)
+    for name, value in want.items():
+        np.testing.assert_allclose(float(diverging.suggestions[name]), value, rtol=1e-6,
+                                   err_msg=name)
