@@ -17,7 +17,6 @@ import importlib
 import json
 import os
 import re
-import statistics
 from collections.abc import Callable
 from typing import Any
 
@@ -142,7 +141,7 @@ def _make_step(tx: optax.GradientTransformation) -> Callable:
     return jax.jit(step, donate_argnums=(0, 1))
 
 
-def _bandwidth_probe(n: int) -> tuple[Callable, Callable]:
+def _bandwidth_probe(n: int) -> Callable[[], None]:
     kx, ky = jax.random.split(jax.random.key(1))
     holder = {"x": jax.random.normal(kx, (n,), jnp.float32)}
     y = jax.random.normal(ky, (n,), jnp.float32)
@@ -152,8 +151,7 @@ def _bandwidth_probe(n: int) -> tuple[Callable, Callable]:
         holder["x"] = axpy(holder["x"], y, 1e-6)
         holder["x"].block_until_ready()
 
-    hlo = axpy.lower(holder["x"], y, 1e-6).compile().as_text()
-    return call, (lambda: hlo)
+    return call
 
 
 def _jax_contestant(tx, shapes, seed: int):
@@ -220,7 +218,7 @@ def run_updates(quick: bool = False, rounds: int | None = None, repeats: int | N
     n = int(sum(np.prod(s) for s in shapes))
     use_torch = _torch_available()
 
-    probe, probe_hlo = _bandwidth_probe(n)
+    probe = _bandwidth_probe(n)
     bw = interleaved({"axpy": probe}, rounds=rounds, repeats=repeats)["axpy"]["median"]
     bandwidth = 3 * 4 * n / bw
 
@@ -348,8 +346,3 @@ def run(sections: list[str] | None = None, quick: bool = False,
         with open(json_path, "w") as f:
             json.dump(out, f, indent=2, default=float)
     return out
-
-
-def median_ratio(values: list[float]) -> float:
-    """Median of a list of ratios (used when several repeats are combined)."""
-    return statistics.median(values)

@@ -181,7 +181,7 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                            **kwargs)
     hist = history.to_dict() if hasattr(history, "to_dict") else dict(history)
     hist["settings"] = {k: v for k, v in vars(args).items() if k != "func"}
-    (out / "history.json").write_text(json.dumps(hist, indent=1, default=_jsonable))
+    (out / "history.json").write_text(json.dumps(hist, indent=1, default=train.to_jsonable))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     train.plot_history(history, ax=axes)
     fig.suptitle(f"{args.optimizer} on {args.data}: lr={args.lr:g}"
@@ -195,15 +195,6 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     print("final: " + ", ".join(f"{k}={v:.4f}" for k, v in last.items()))
     print(f"wrote {out / 'history.json'} and {out / 'curves.png'}")
     return 0
-
-
-def _jsonable(x: Any) -> Any:
-    try:
-        import numpy as np  # noqa: PLC0415
-
-        return np.asarray(x).tolist()
-    except Exception:  # noqa: BLE001
-        return str(x)
 
 
 def _cmd_lr_find(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

@@ -206,7 +206,7 @@ class SweepRun:
 
     def to_dict(self) -> dict[str, Any]:
         """``{"setting", "seed", "history"}`` as plain JSON-ready values (no arrays)."""
-        return {"setting": _jsonable(self.setting), "seed": self.seed,
+        return {"setting": to_jsonable(self.setting), "seed": self.seed,
                 "history": self.history.to_dict()}
 
 
@@ -239,11 +239,12 @@ class CheckpointMismatchError(ValueError):
 # Small helpers.
 
 
-def _jsonable(x: Any) -> Any:
+def to_jsonable(x: Any) -> Any:
+    """``x`` as plain JSON types (arrays become lists, unknown objects a stable repr)."""
     if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): to_jsonable(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
+        return [to_jsonable(v) for v in x]
     if isinstance(x, bool | int | float | str) or x is None:
         return x
     if isinstance(x, np.generic | np.ndarray | jax.Array):
@@ -365,7 +366,7 @@ def _split_tx(tx: Any) -> tuple[_TxSpec, list[Any]]:
 
 
 def _hyperparameters(leaves: Sequence[Any]) -> list[Any]:
-    return [_jsonable(np.asarray(x)) for x in leaves]
+    return [to_jsonable(np.asarray(x)) for x in leaves]
 
 
 def flops_per_step(model: Any, x_example: Any, batch_size: int) -> float:
@@ -763,10 +764,10 @@ class _Checkpointer:
 
 def _compare_fingerprints(directory: str, step: int, saved: Mapping[str, Any],
                           now: Mapping[str, Any]) -> None:
-    diffs = [k for k in now if saved.get(k) != _jsonable(now[k])]
+    diffs = [k for k in now if saved.get(k) != to_jsonable(now[k])]
     if diffs:
         details = "; ".join(f"{k}: checkpoint has {saved.get(k)!r}, this run has "
-                            f"{_jsonable(now[k])!r}" for k in diffs)
+                            f"{to_jsonable(now[k])!r}" for k in diffs)
         raise CheckpointMismatchError(
             f"checkpoint_dir={directory!r} holds a checkpoint (step {step}) of a different run "
             f"({', '.join(diffs)} differ): {details}. Use another checkpoint_dir, or delete it "
@@ -943,7 +944,7 @@ def fit(
 def _meta(fingerprint: dict, epoch: int, done: int, skipped: int, history: History,
           elapsed: float, data_key: jax.Array) -> dict[str, Any]:
     return {
-        "fingerprint": _jsonable(fingerprint),
+        "fingerprint": to_jsonable(fingerprint),
         "epoch": epoch,
         "step_in_epoch": done,
         "epoch_skipped": skipped,

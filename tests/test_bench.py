@@ -26,8 +26,15 @@ def test_compiled_traffic_of_momentum_counts_every_stream():
     shapes = [(256, 256), (256,)]
     _, hlo = bench._jax_contestant(bench.OPTIMIZER_CASES["momentum"]["lecopt"](), shapes, 0)
     t = bench.compiled_traffic(hlo, min_bytes=1 << 16)
-    # Only the big leaf counts: p, g, nu read; p, nu written at the least.
-    assert t["bytes"] >= 5 * 4 * 256 * 256
+    # Only the big leaf counts. XLA:CPU emits single-output loops: nu' = phi nu - alpha g
+    # (nu, g in; nu' out) and p' = p + nu' (p, nu' in; p' out): 6 streams in 2 loops.
+    assert t == {"bytes": 6 * 4 * 256 * 256, "loops": 2}
+
+
+def test_compiled_traffic_of_adam_is_three_loops_ten_streams():
+    _, hlo = bench._jax_contestant(bench.OPTIMIZER_CASES["adam"]["lecopt"](), [(256, 256)], 0)
+    # s (s, g in), r (r, g in), p (p, s', r' in): 3 + 3 + 4 streams.
+    assert bench.compiled_traffic(hlo) == {"bytes": 10 * 4 * 256 * 256, "loops": 3}
 
 
 def test_run_updates_small():

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lecopt.experiments import Claim, Context, Result
+from lecopt.train import to_jsonable
 
 # In the lecture's order.
 EXPERIMENTS = [
@@ -140,7 +141,7 @@ def write_report(out: Path, ctx: Context, results, elapsed: float) -> dict[str, 
             for m, r, err, dt in results
         ],
     }
-    (out / "claims.json").write_text(json.dumps(doc, indent=1, default=_jsonable))
+    (out / "claims.json").write_text(json.dumps(doc, indent=1, default=to_jsonable))
 
     md = ["# lecopt reproduce: the advanced-optimization lecture, re-run\n",
           f"Data set **{ctx.data_name}**, seed {ctx.seed}, "
@@ -174,15 +175,6 @@ def write_report(out: Path, ctx: Context, results, elapsed: float) -> dict[str, 
     (out / "report.md").write_text("\n".join(md))
     (out / "report.html").write_text(_html(out, ctx, claims, results, held, crashed, meta))
     return doc
-
-
-def _jsonable(x: Any) -> Any:
-    try:
-        import numpy as np  # noqa: PLC0415
-
-        return np.asarray(x).tolist()
-    except Exception:  # noqa: BLE001
-        return str(x)
 
 
 def _md(text: str) -> str:
