@@ -169,7 +169,7 @@ def check_mlp_training() -> None:
 
 
 def bench() -> None:
-    from lecopt.timing import interleaved
+    from lecopt.bench.timing import interleaved
 
     x = jax.random.normal(jax.random.key(0), (4 * 256, 1024)) + 3.0
     ct = jax.random.normal(jax.random.key(1), x.shape)
