@@ -47,7 +47,7 @@ def _run_lecopt(tx, num_steps=NUM_STEPS, lookahead=False):
     @jax.jit
     def step(params, state, tx_arg, k):
         tx_ = tx if as_arg else tx_arg
-        at = lecopt.lookahead_params(params, state) if lookahead else params
+        at = lecopt.lookahead_params(params, state, tx_) if lookahead else params
         g = _grad(at, k, jnp)
         updates, state = tx_.update(g, state, params)
         return lecopt.apply_updates(params, updates), state
@@ -428,8 +428,8 @@ def test_nesterov_must_be_bool():
 
 def test_lookahead_params_needs_a_momentum_state():
     tx = lecopt.adam(1e-3)
-    with pytest.raises(ValueError, match="MomentumState"):
-        lecopt.lookahead_params(jnp.ones(2), tx.init(jnp.ones(2)))
+    with pytest.raises(ValueError, match="momentum"):
+        lecopt.lookahead_params(jnp.ones(2), tx.init(jnp.ones(2)), tx)
 
 
 BAD = [
