@@ -62,6 +62,7 @@ def _parts(update: Callable, state: Any, funcs: tuple, name: str) -> Iterator[tu
     """Yields ``(value at the next update, part state)`` for every part of ``funcs`` inside."""
     if isinstance(update, Partial):
         if update.func is T._chain_update:
+            _check_chain_state(update.args[0], state)
             for fn, s in zip(update.args[0], state):
                 yield from _parts(fn, s, funcs, name)
         elif update.func in funcs:
@@ -86,12 +87,21 @@ def _parts(update: Callable, state: Any, funcs: tuple, name: str) -> Iterator[tu
     transforms = nonlocals.get("transforms")
     if isinstance(inner_states, dict) and isinstance(transforms, dict):  # optax.partition
         for label, inner in transforms.items():
-            yield from _parts(_update_fn(inner), inner_states[label], funcs, name)
+            inner_state = getattr(inner_states[label], "inner_state", inner_states[label])
+            yield from _parts(_update_fn(inner), inner_state, funcs, name)
         return
     inners = [v for v in nonlocals.values() if isinstance(v, optax.GradientTransformation)]
     if len(inners) == 1:  # masked, apply_if_finite, flatten, with_extra_args_support
         inner_state = getattr(state, "inner_state", state)
         yield from _parts(_update_fn(inners[0]), inner_state, funcs, name)
+
+
+def _check_chain_state(parts: tuple, state: Any) -> None:
+    if type(state) is not tuple or len(state) != len(parts):
+        raise ValueError(
+            f"state does not belong to tx: a chain of {len(parts)} parts has a tuple of "
+            f"{len(parts)} states, got {type(state).__name__}"
+        )
 
 
 def _find(tx: Any, state: Any, funcs: tuple, name: str) -> tuple[Any, Any]:
