@@ -60,6 +60,10 @@ def _inject_inner(nonlocals: dict[str, Any], state: Any) -> tuple[dict, Any]:
 
 def _parts(update: Callable, state: Any, funcs: tuple, name: str) -> Iterator[tuple[Any, Any]]:
     """Yields ``(value at the next update, part state)`` for every part of ``funcs`` inside."""
+    if isinstance(update, Partial) and update.func is T._drop_extra:
+        update = update.args[0]
+    if isinstance(update, Partial) and not update.args and not update.keywords:
+        update = update.func  # a function kept static in a lecopt chain (an optax part)
     if isinstance(update, Partial):
         if update.func is T._chain_update:
             _check_chain_state(update.args[0], state)

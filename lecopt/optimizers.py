@@ -157,8 +157,14 @@ def adam(
       b2: ``rho2`` in [0, 1) (suggested 0.999).
       eps: ``beta`` INSIDE the root (suggested 1e-8).
       mu_dtype: storage dtype of the first moment ``s``, as optax (``None``: at least
-        float32). ``jnp.bfloat16`` halves that moment's memory and costs accuracy:
-        MU_DTYPE_MEASUREMENT
+        float32). ``jnp.bfloat16`` saves 2 bytes per parameter. Measured on the lecture's
+        MLP 784-512-512-10 on mnist-5k (``alpha = 1e-3``, batch 128, 1,000 steps, seeds 0
+        and 1): final training loss 0.00045 / 0.00049 with a float32 ``s`` and 0.00045 /
+        0.00049 with a bfloat16 ``s`` (ratios 1.000 and 1.008), test error 5.1% / 5.1%
+        against 5.0% / 5.3%; the weights end 6-10% (relative norm per layer) away from the
+        float32 run, where a float32 run with ``alpha`` changed by one part in 10^6 ends
+        3-5% away. So bfloat16 rounding of ``s`` doubles how far the trajectory drifts, not
+        the loss it reaches; ``s`` memory 2.55 -> 1.28 MiB.
 
     Returns:
       The optimizer.
