@@ -7,14 +7,15 @@ hyperparameters; schedules are pure functions of the step; BatchNorm is a Flax m
 from optax import apply_updates
 
 from lecopt import data, landscapes, nn, schedules
+from lecopt.hyperparams import current_learning_rate, current_momentum
 from lecopt.lr_finder import LRRangeTestResult, lr_range_test
-from lecopt.optimizers import adagrad, adam, lookahead_params, rmsprop, sgd
+from lecopt.optimizers import adagrad, adam, adamw, lookahead_params, rmsprop, sgd
 from lecopt.transforms import (
-    AdamState,
-    MomentumState,
-    RmsState,
+    ScaleByAdamState,
     ScaleByLearningRateState,
-    SumOfSquaresState,
+    ScaleByMomentumState,
+    ScaleByRmsState,
+    ScaleBySumOfSquaresState,
     add_decayed_weights,
     bias_correction,
     chain,
@@ -38,18 +39,21 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'lecopt' has no attribute {name!r}")
 
 __all__ = [
-    "AdamState",
     "LRRangeTestResult",
-    "MomentumState",
-    "RmsState",
+    "ScaleByAdamState",
     "ScaleByLearningRateState",
-    "SumOfSquaresState",
+    "ScaleByMomentumState",
+    "ScaleByRmsState",
+    "ScaleBySumOfSquaresState",
     "adagrad",
     "adam",
+    "adamw",
     "add_decayed_weights",
     "apply_updates",
     "bias_correction",
     "chain",
+    "current_learning_rate",
+    "current_momentum",
     "data",
     "landscapes",
     "lookahead_params",

@@ -3,11 +3,13 @@ and optax where the formulas coincide."""
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from absl.testing import parameterized
 from flax.training import train_state
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -47,7 +49,7 @@ def _run_lecopt(tx, num_steps=NUM_STEPS, lookahead=False):
     @jax.jit
     def step(params, state, tx_arg, k):
         tx_ = tx if as_arg else tx_arg
-        at = lecopt.lookahead_params(params, state) if lookahead else params
+        at = lecopt.lookahead_params(params, state, tx_) if lookahead else params
         g = _grad(at, k, jnp)
         updates, state = tx_.update(g, state, params)
         return lecopt.apply_updates(params, updates), state
@@ -165,16 +167,44 @@ def test_terminal_velocity(x64, phi):
     np.testing.assert_allclose(u, -alpha * np.asarray(g) / (1 - phi), rtol=1e-9)
 
 
-def test_adam_bias_correction_exact_from_step_one(x64):
-    g = jnp.array([0.3, -2.0, 5.0])
-    alpha, eps = 0.1, 1e-8
-    tx = lecopt.adam(alpha, eps=eps)
-    state = tx.init(g)
-    for _ in range(1, 6):
-        u, state = tx.update(g, state)
-        # s_hat = g and r_hat = g*g exactly, at every step t >= 1.
-        np.testing.assert_allclose(u, -alpha * g / np.sqrt(g * g + eps), rtol=1e-12)
-    assert int(state[0].count) == 5
+class ClosedFormsTest(parameterized.TestCase):
+    """Closed forms, each with and without jit (chex variants)."""
+
+    def setUp(self):
+        super().setUp()
+        self._x64 = jax.config.jax_enable_x64
+        jax.config.update("jax_enable_x64", True)
+
+    def tearDown(self):
+        jax.config.update("jax_enable_x64", self._x64)
+        super().tearDown()
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_adam_bias_correction_exact_from_step_one(self):
+        g = jnp.array([0.3, -2.0, 5.0])
+        alpha, eps = 0.1, 1e-8
+        tx = lecopt.adam(alpha, eps=eps)
+        update = self.variant(tx.update)
+        state = tx.init(g)
+        for _ in range(1, 6):
+            u, state = update(g, state)
+            # s_hat = g and r_hat = g*g exactly, at every step t >= 1.
+            np.testing.assert_allclose(u, -alpha * g / np.sqrt(g * g + eps), rtol=1e-12)
+        assert int(state[0].count) == 5
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.parameters(0.5, 0.9)
+    def test_scheduled_momentum_constant_gradient_closed_form(self, phi):
+        # nu_t = -alpha g (1 - phi^t) / (1 - phi) for constant phi and alpha.
+        alpha, g = 0.01, jnp.array([2.0, -1.0])
+        tx = lecopt.sgd(lecopt.schedules.constant(alpha),
+                        momentum=lecopt.schedules.constant(phi))
+        update = self.variant(tx.update)
+        state = tx.init(g)
+        for t in range(1, 20):
+            u, state = update(g, state)
+            want = -alpha * np.asarray(g) * (1 - phi**t) / (1 - phi)
+            np.testing.assert_allclose(u, want, rtol=1e-9)
 
 
 def test_bias_correction_function(x64):
@@ -234,24 +264,19 @@ def _trajectory(tx, steps=30):
     ids=["sgd", "momentum", "nesterov", "adam", "rmsprop"],
 )
 def test_optax_parity(ours, theirs):
-    a, b = _trajectory(ours), _trajectory(theirs)
-    for n in a:
-        np.testing.assert_allclose(a[n], b[n], rtol=2e-5, atol=1e-6)
+    chex.assert_trees_all_close(_trajectory(ours), _trajectory(theirs), rtol=2e-5, atol=1e-6)
 
 
 def test_chained_after_optax_transformation():
     ours = optax.chain(optax.clip_by_global_norm(0.5), lecopt.adam(0.01))
     theirs = optax.chain(optax.clip_by_global_norm(0.5), optax.adam(0.01, eps=0.0, eps_root=1e-8))
     a, b = _trajectory(ours), _trajectory(theirs)
-    for n in a:
-        np.testing.assert_allclose(a[n], b[n], rtol=2e-5, atol=1e-6)
+    chex.assert_trees_all_close(a, b, rtol=2e-5, atol=1e-6)
     # lecopt.chain accepts optax parts too and has optax.chain's state layout.
     mixed = lecopt.chain(optax.clip_by_global_norm(0.5), lecopt.adam(0.01))
-    c = _trajectory(mixed)
-    for n in a:
-        np.testing.assert_allclose(a[n], c[n], rtol=1e-6)
+    chex.assert_trees_all_close(a, _trajectory(mixed), rtol=1e-6)
     params = {"w": jnp.ones(3)}
-    assert jax.tree.structure(mixed.init(params)) == jax.tree.structure(ours.init(params))
+    chex.assert_trees_all_equal_structs(mixed.init(params), ours.init(params))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,8 +453,8 @@ def test_nesterov_must_be_bool():
 
 def test_lookahead_params_needs_a_momentum_state():
     tx = lecopt.adam(1e-3)
-    with pytest.raises(ValueError, match="MomentumState"):
-        lecopt.lookahead_params(jnp.ones(2), tx.init(jnp.ones(2)))
+    with pytest.raises(ValueError, match="momentum"):
+        lecopt.lookahead_params(jnp.ones(2), tx.init(jnp.ones(2)), tx)
 
 
 BAD = [
@@ -524,13 +549,11 @@ def test_bfloat16_params_follow_the_float32_run(name):
         state = tx.init(p)
         for _ in range(5):
             u, state = tx.update(g.astype(dtype), state, p)
-            assert u.dtype == dtype
+            chex.assert_type(u, dtype)
             p = optax.apply_updates(p, u)
         return np.asarray(p, np.float32), state
 
     p16, state16 = run(jnp.bfloat16)
     p32, _ = run(jnp.float32)
     np.testing.assert_allclose(p16, p32, rtol=0, atol=2e-2)
-    for leaf in jax.tree.leaves(state16):
-        if leaf.ndim:
-            assert leaf.dtype == jnp.float32
+    chex.assert_type([x for x in jax.tree.leaves(state16) if x.ndim], jnp.float32)

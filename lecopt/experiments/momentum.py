@@ -187,7 +187,7 @@ def _momentum_1d(tx: optax.GradientTransformation, theta0: jax.Array, curvature:
 
     def step(carry, _):
         theta, state = carry
-        at = optimizers.lookahead_params(theta, state) if nesterov else theta
+        at = optimizers.lookahead_params(theta, state, tx) if nesterov else theta
         updates, state = tx.update(grad(at, curvature), state, theta)
         theta = optax.apply_updates(theta, updates)
         return (theta, state), (theta, at)
