@@ -630,8 +630,9 @@ def _member(kind: Any, row: jax.Array, local_step: jax.Array) -> jax.Array:
 def _join_scalar(kinds, starts, kind_of, row_of, step):
     t = jnp.asarray(step)
     starts = jnp.asarray(starts)
-    # The piece of step t: the last start <= t, by a binary search over the boundaries.
-    i = jnp.searchsorted(starts[1:], t, side="right", method=_SEARCH)
+    # The piece of step t: the last start <= t, by a binary search over the boundaries
+    # (unrolled: log2(pieces) compares, no loop inside the caller's loop).
+    i = jnp.searchsorted(starts[1:], t, side="right", method="scan_unrolled")
     local = t - starts[i].astype(t.dtype)
     if len(kinds) == 1:
         return _member(kinds[0], i, local)
@@ -648,11 +649,6 @@ def _join(kinds, starts, kind_of, row_of, step):
     if t.ndim == 0:
         return one(t)
     return jax.vmap(one)(t.reshape(-1)).reshape(t.shape)
-
-
-# A compare-all search over a handful of boundaries is one vector compare and a sum (jnp's own
-# advice for small arrays); beyond that an unrolled binary search, log2(pieces) compares.
-_SEARCH = "scan_unrolled"
 
 
 def _check_boundaries(boundaries: Any, num_schedules: int) -> Any:
