@@ -12,6 +12,12 @@ uses ``f(k)``. The module-level functions are jitted, so that a schedule called 
 Python loop, by :func:`plot`) compiles once per shape instead of dispatching op by op; inside
 a jitted program they are inlined.
 
+Schedules combine: :func:`join` puts schedules one after another (each piece restarts its own
+step at its boundary) and :func:`warmup` prefixes a linear warm-up; the result is again a pytree
+of numbers, also when joins are nested. :func:`one_cycle` and :func:`one_cycle_momentum` are
+PyTorch ``OneCycleLR``'s rate and momentum, and :func:`one_cycle_from_range_test` derives them
+from the learning-rate range test's suggestion.
+
 Symbols: ``t`` the step, ``alpha_0`` / ``alpha_tau`` the rates at the ends of the linear decay,
 ``tau`` its length, ``s`` the half-cycle length of cyclical rates, ``T_i`` the length of the
 i-th cosine cycle.
@@ -19,8 +25,9 @@ i-th cosine cycle.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +47,12 @@ __all__ = [
     "sgdr",
     "exponential_range",
     "linear_range",
+    "join",
+    "warmup",
+    "one_cycle",
+    "one_cycle_momentum",
+    "one_cycle_from_range_test",
+    "OneCycle",
     "plot",
 ]
 
@@ -569,6 +582,405 @@ def linear_range(start: Numeric, stop: Numeric, num_steps: Numeric) -> Schedule:
     _check_rates(start=start, stop=stop)
     _check_min_num_steps("num_steps", num_steps, 2)
     return Partial(_linear_range, _num(start), _num(stop), _count(num_steps))
+
+
+# --------------------------------------------------------------------------------------------
+# Joined schedules: pieces one after another
+
+
+def _stack(values: Sequence[Any]) -> Any:
+    """One leaf of every piece of a kind along a new first axis.
+
+    Concrete numbers become one NumPy array (float64 numbers stay float64 for x64 and the joined
+    schedule is one argument per leaf however many pieces); traced ones a JAX array.
+    """
+    if any(isinstance(v, jax.core.Tracer) for v in values):
+        return jnp.stack([jnp.asarray(v) for v in values])
+    return np.stack([np.asarray(v) for v in values])
+
+
+def _group_by_kind(pieces: Sequence[Any]) -> tuple[tuple[Any, ...], list[int], list[int]]:
+    """Pieces of one tree structure (the same function with the same kinds of numbers) are one
+    *kind*: a single schedule of that structure whose leaves hold every member's numbers along a
+    first axis. Returns the kinds, the kind of every piece and its row within its kind."""
+    structures: list[Any] = []
+    members: list[list[list[Any]]] = []
+    kind_of, row_of = [], []
+    for piece in pieces:
+        leaves, treedef = jax.tree.flatten(piece)
+        if treedef not in structures:
+            structures.append(treedef)
+            members.append([])
+        k = structures.index(treedef)
+        kind_of.append(k)
+        row_of.append(len(members[k]))
+        members[k].append(leaves)
+    kinds = tuple(
+        jax.tree.unflatten(treedef, [_stack(column) for column in zip(*rows)])
+        for treedef, rows in zip(structures, members)
+    )
+    return kinds, kind_of, row_of
+
+
+def _member(kind: Any, row: jax.Array, local_step: jax.Array) -> jax.Array:
+    piece = jax.tree.map(lambda leaf: leaf[row], kind)
+    return jnp.asarray(piece(local_step), _fdt())
+
+
+def _join_scalar(kinds, starts, kind_of, row_of, step):
+    t = jnp.asarray(step)
+    starts = jnp.asarray(starts)
+    # The piece of step t: the last start <= t, by a binary search over the boundaries
+    # (unrolled: log2(pieces) compares, no loop inside the caller's loop).
+    i = jnp.searchsorted(starts[1:], t, side="right", method="scan_unrolled")
+    local = t - starts[i].astype(t.dtype)
+    if len(kinds) == 1:
+        return _member(kinds[0], i, local)
+    # Only the chosen kind's function runs (lax.switch); under vmap over steps or over
+    # schedules the index is batched and switch becomes a select of every kind's value.
+    branches = [functools.partial(_member, kind) for kind in kinds]
+    return jax.lax.switch(jnp.asarray(kind_of)[i], branches, jnp.asarray(row_of)[i], local)
+
+
+@jax.jit
+def _join(kinds, starts, kind_of, row_of, step):
+    t = jnp.asarray(step)
+    one = functools.partial(_join_scalar, kinds, starts, kind_of, row_of)
+    if t.ndim == 0:
+        return one(t)
+    return jax.vmap(one)(t.reshape(-1)).reshape(t.shape)
+
+
+def _check_boundaries(boundaries: Any, num_schedules: int) -> Any:
+    if isinstance(boundaries, int | float | np.number) or not hasattr(boundaries, "__len__"):
+        raise TypeError(
+            f"boundaries={boundaries!r}: expected a sequence of increasing positive integers"
+        )
+    if len(boundaries) != num_schedules - 1:
+        raise ValueError(
+            f"boundaries={boundaries!r} has {len(boundaries)} entries; with {num_schedules} "
+            f"schedules boundaries must have len(schedules) - 1 = {num_schedules - 1}"
+        )
+    if any(isinstance(b, jax.core.Tracer) for b in boundaries):
+        return jnp.concatenate([jnp.zeros(1, _idt()), jnp.stack(list(boundaries)).astype(_idt())])
+    arr = np.asarray(boundaries, dtype=np.float64).reshape(-1)
+    if arr.size:
+        check_positive_int("boundaries", arr)
+        if np.any(np.diff(arr) <= 0):
+            raise ValueError(
+                f"boundaries={boundaries!r} is not increasing; boundaries must be strictly "
+                "increasing positive integers"
+            )
+    return np.concatenate([[0], arr]).astype(np.int64)
+
+
+def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
+    """Schedules one after another, each restarting its own step at its boundary::
+
+        f(t) = f_i(t - b_i)   for b_i <= t < b_{i+1},   b_0 = 0, b_n = infinity
+
+    as ``optax.join_schedules``, but a pytree of all the pieces' numbers (a new value, or pieces
+    reordered among the same kinds, runs through the program already compiled; ``vmap`` maps over
+    a batch of joined schedules) and with one piece evaluated per step: the piece is found by a
+    binary search over the boundaries (``jnp.searchsorted``) and pieces of the same kind (the same
+    factory) are stored as one schedule whose numbers are stacked, so the chosen piece's numbers
+    are read by index and its function runs once. Pieces of different kinds are chosen by
+    ``lax.switch``, which runs only the chosen branch on the device; under ``vmap`` (over a batch of
+    steps, e.g. :func:`plot`, or of schedules) ``switch`` becomes a select and every *kind* (not
+    every piece) is evaluated. At a boundary the new piece starts at its own step 0, so the value
+    there is the piece's first value exactly. A joined schedule can be a piece of another join.
+
+    Args:
+      schedules: the pieces, a non-empty sequence of schedules (lecopt schedules, joins, or any
+        function of the step: a plain function is part of the compiled program, not data).
+      boundaries: ``b_1 < ... < b_{n-1}``, increasing positive integers, one fewer than the
+        pieces: piece ``i`` starts at step ``b_i``.
+
+    Returns:
+      The schedule.
+
+    Example:
+      >>> f = lecopt.schedules.join(
+      ...     [lecopt.schedules.linear_decay(0.0, 0.1, 5), lecopt.schedules.constant(0.1),
+      ...      lecopt.schedules.cosine_annealing(0.1, 0.0, 10)], boundaries=[5, 10])
+      >>> [round(float(v), 4) for v in f(jnp.array([0, 4, 5, 10, 15, 20, 30]))]
+      [0.0, 0.08, 0.1, 0.1, 0.05, 0.0, 0.0]
+    """
+    if callable(schedules) or not isinstance(schedules, Sequence) or len(schedules) == 0:
+        raise TypeError(f"schedules={schedules!r}: expected a non-empty list of schedules")
+    for k, piece in enumerate(schedules):
+        if not callable(piece):
+            raise TypeError(f"schedules[{k}]={piece!r}: expected a function of the step")
+    starts = _check_boundaries(boundaries, len(schedules))
+    pieces = [p if isinstance(p, Partial) else Partial(p) for p in schedules]
+    kinds, kind_of, row_of = _group_by_kind(pieces)
+    if len(kinds) == 1:  # the row of a piece is its index: no tables to carry
+        return Partial(_join, kinds, starts, None, None)
+    return Partial(_join, kinds, starts, np.asarray(kind_of), np.asarray(row_of))
+
+
+def warmup(
+    peak: Numeric, warmup_steps: Numeric, then: Schedule, init_value: Numeric = 0.0
+) -> Schedule:
+    """A linear warm-up from ``init_value`` to ``peak`` in ``warmup_steps`` steps, then ``then``::
+
+        f(t) = init + (peak - init) t / W   for t < W,   f(t) = then(t - W)   for t >= W
+
+    (:func:`join` of :func:`linear_decay` and ``then``); ``then`` usually starts at ``peak``,
+    e.g. ``sgdr(peak, ...)`` or ``cosine_annealing(peak, ...)``, as optax's
+    ``warmup_cosine_decay_schedule``.
+
+    Args:
+      peak: the rate reached at step ``W``, >= 0.
+      warmup_steps: ``W``, a positive integer.
+      then: the schedule that follows, with its own step counted from ``W``.
+      init_value: the rate at step 0, >= 0.
+
+    Returns:
+      The schedule.
+
+    Example:
+      >>> f = lecopt.schedules.warmup(0.1, 4, lecopt.schedules.sgdr(0.1, 0.0, 10))
+      >>> [round(float(v), 4) for v in f(jnp.array([0, 1, 2, 3, 4, 9, 14]))]
+      [0.0, 0.025, 0.05, 0.075, 0.1, 0.05, 0.1]
+    """
+    check_positive_int("warmup_steps", warmup_steps)
+    if not callable(then):
+        raise TypeError(f"then={then!r}: expected a function of the step")
+    return join([linear_decay(init_value, peak, warmup_steps), then], [_count(warmup_steps)])
+
+
+# --------------------------------------------------------------------------------------------
+# One-cycle (Smith 2018, PyTorch's OneCycleLR)
+
+
+def _anneal(kind: str, v0, v1, t, start, end):
+    """From ``v0`` at step ``start`` to ``v1`` at step ``end`` (t clipped to the phase)."""
+    t = jnp.clip(t, start, end)
+    if kind == "cos":
+        # PyTorch's v1 + (v0 - v1)/2 (1 + cos(pi pct)), with the precise cosine weight.
+        return _lerp(v1, v0, _cosine_weight(t - start, end - t, end - start))
+    return _lerp(v0, v1, _fraction(t - start, end - start))
+
+
+def _phases(anneal: str, three_phase: bool, values, pct_start, total_steps, step):
+    """PyTorch's phases: two ending at ``pct T - 1`` and ``T - 1`` through the values
+    ``(a, b, d)``, or three ending at ``pct T - 1``, ``2 pct T - 2`` and ``T - 1`` through
+    ``(a, b, c, d)``; a step belongs to the first phase whose end it does not pass."""
+    a, b, c, d = (_f(v) for v in values)
+    total = _f(total_steps)
+    last = total - 1
+    t = jnp.clip(_t(step), 0, last)
+    e1 = _f(pct_start) * total - 1
+    if three_phase:
+        e2 = 2 * _f(pct_start) * total - 2
+        rest = jnp.where(
+            t <= e2, _anneal(anneal, b, c, t, e1, e2), _anneal(anneal, c, d, t, e2, last)
+        )
+    else:
+        rest = _anneal(anneal, b, d, t, e1, last)
+    return jnp.where(t <= e1, _anneal(anneal, a, b, t, 0.0, e1), rest)
+
+
+@functools.cache
+def _one_cycle_fn(anneal: str, three_phase: bool) -> Callable:
+    # One module-level function per (anneal, three_phase): the choice is the program's
+    # structure, the numbers are its arguments. Cached, so equal choices make equal pytrees.
+    def one_cycle(max_lr, div_factor, final_div_factor, pct_start, total_steps, step):
+        initial = _f(max_lr) / _f(div_factor)
+        values = (initial, max_lr, initial, initial / _f(final_div_factor))
+        return _phases(anneal, three_phase, values, pct_start, total_steps, step)
+
+    return jax.jit(one_cycle)
+
+
+@functools.cache
+def _one_cycle_momentum_fn(anneal: str, three_phase: bool) -> Callable:
+    def one_cycle_momentum(base_momentum, max_momentum, pct_start, total_steps, step):
+        values = (max_momentum, base_momentum, max_momentum, max_momentum)
+        return _phases(anneal, three_phase, values, pct_start, total_steps, step)
+
+    return jax.jit(one_cycle_momentum)
+
+
+def _check_one_cycle(total_steps, pct_start, anneal, three_phase) -> None:
+    _check_min_num_steps("total_steps", total_steps, 2)
+    if anneal not in ("cos", "linear"):
+        raise ValueError(f"anneal={anneal!r} is not an annealing strategy; use 'cos' or 'linear'")
+    if not isinstance(three_phase, bool):
+        raise TypeError(f"three_phase={three_phase!r}: expected True or False")
+    check_range("pct_start", pct_start, 0.0, 1.0, lo_open=True, hi_open=True)
+    pct, total = concrete_values(pct_start), concrete_values(total_steps)
+    if pct is None or total is None:
+        return
+    # Every phase must last more than zero steps: pct T - 1 > 0, and the next end beyond it.
+    hi = (total + 1) / (2 * total) if three_phase else 1.0
+    if np.any(pct * total <= 1) or np.any(pct >= hi):
+        upper = "(T + 1)/(2 T)" if three_phase else "1"
+        raise ValueError(
+            f"pct_start={pct_start!r} with total_steps={total_steps!r} leaves a phase without "
+            f"steps; pct_start must be in (1/T, {upper}) for T = total_steps"
+        )
+
+
+def one_cycle(
+    max_lr: Numeric,
+    total_steps: Numeric,
+    pct_start: Numeric = 0.3,
+    div_factor: Numeric = 25.0,
+    final_div_factor: Numeric = 1e4,
+    anneal: str = "cos",
+    three_phase: bool = False,
+) -> Schedule:
+    """Smith's one-cycle policy as PyTorch's ``OneCycleLR`` defines it, value for value.
+
+    With ``T = total_steps``, ``a_0 = max_lr / div_factor`` and
+    ``a_min = a_0 / final_div_factor``, the rate rises from ``a_0`` to ``max_lr`` until step
+    ``e_1 = pct_start T - 1`` and falls to ``a_min`` at step ``T - 1`` (``three_phase``: back to
+    ``a_0`` at ``e_2 = 2 pct_start T - 2``, then to ``a_min`` at ``T - 1``). Within a phase from
+    ``(s, v_s)`` to ``(e, v_e)``, with ``pct = (t - s)/(e - s)``::
+
+        cos:     alpha_t = v_e + (v_s - v_e) (1 + cos(pi pct)) / 2
+        linear:  alpha_t = v_s + (v_e - v_s) pct
+
+    Steps past ``T - 1`` keep ``a_min`` (PyTorch raises there). The momentum that goes with it is
+    :func:`one_cycle_momentum`.
+
+    Args:
+      max_lr: the peak rate, > 0 (the range test's suggestion: :func:`one_cycle_from_range_test`).
+      total_steps: ``T``, the number of steps of the cycle, an integer >= 2.
+      pct_start: the fraction of the steps spent rising, in ``(1/T, 1)`` (``(1/T, (T+1)/(2T))``
+        for three phases).
+      div_factor: ``max_lr / a_0``, > 0.
+      final_div_factor: ``a_0 / a_min``, > 0.
+      anneal: ``"cos"`` or ``"linear"``.
+      three_phase: the original paper's symmetric cycle and a final annihilation phase, instead of
+        fastai's two phases.
+
+    Returns:
+      The schedule; ``f(0) == a_0`` and ``f(T - 1) == a_min`` exactly.
+
+    Example:
+      >>> f = lecopt.schedules.one_cycle(0.1, 100)
+      >>> [float(v) for v in f(jnp.array([0, 29, 99]))]
+      [0.004000000189989805, 0.10000000149011612, 4.0000000467443897e-07]
+
+    Reference:
+      Smith & Topin, "Super-Convergence: Very Fast Training of Neural Networks Using Large
+      Learning Rates", 2018; PyTorch ``torch.optim.lr_scheduler.OneCycleLR``.
+    """
+    check_range("max_lr", max_lr, 0.0, lo_open=True)
+    check_range("div_factor", div_factor, 0.0, lo_open=True)
+    check_range("final_div_factor", final_div_factor, 0.0, lo_open=True)
+    _check_one_cycle(total_steps, pct_start, anneal, three_phase)
+    return Partial(
+        _one_cycle_fn(anneal, three_phase),
+        _num(max_lr),
+        _num(div_factor),
+        _num(final_div_factor),
+        _num(pct_start),
+        _count(total_steps),
+    )
+
+
+def one_cycle_momentum(
+    total_steps: Numeric,
+    pct_start: Numeric = 0.3,
+    base_momentum: Numeric = 0.85,
+    max_momentum: Numeric = 0.95,
+    anneal: str = "cos",
+    three_phase: bool = False,
+) -> Schedule:
+    """The momentum of :func:`one_cycle`, cycled opposite to the rate (PyTorch's
+    ``cycle_momentum``): from ``max_momentum`` down to ``base_momentum`` while the rate rises,
+    back up to ``max_momentum`` while it falls (``three_phase``: and held there in the last
+    phase), with the same phases and annealing as :func:`one_cycle`.
+
+    Args:
+      total_steps: ``T``, as for :func:`one_cycle`.
+      pct_start: as for :func:`one_cycle`.
+      base_momentum: the momentum at the rate's peak, in [0, 1].
+      max_momentum: the momentum at the ends, in [``base_momentum``, 1].
+      anneal: ``"cos"`` or ``"linear"``.
+      three_phase: as for :func:`one_cycle`.
+
+    Returns:
+      The schedule (a momentum ``phi_t`` for the optimizers that take one as a schedule).
+
+    Example:
+      >>> m = lecopt.schedules.one_cycle_momentum(100)
+      >>> [round(float(v), 4) for v in m(jnp.array([0, 29, 99]))]
+      [0.95, 0.85, 0.95]
+    """
+    check_range("base_momentum", base_momentum, 0.0, 1.0)
+    check_range("max_momentum", max_momentum, 0.0, 1.0)
+    _check_order("base_momentum", base_momentum, "max_momentum", max_momentum)
+    _check_one_cycle(total_steps, pct_start, anneal, three_phase)
+    return Partial(
+        _one_cycle_momentum_fn(anneal, three_phase),
+        _num(base_momentum),
+        _num(max_momentum),
+        _num(pct_start),
+        _count(total_steps),
+    )
+
+
+class OneCycle(NamedTuple):
+    """A one-cycle plan: the rate and momentum schedules and the numbers that define them."""
+
+    learning_rate: Schedule
+    momentum: Schedule
+    max_lr: float
+    initial_lr: float
+    min_lr: float
+    peak_step: float
+
+
+def one_cycle_from_range_test(
+    suggestion: Numeric,
+    total_steps: int,
+    pct_start: float = 0.3,
+    div_factor: float = 25.0,
+    final_div_factor: float = 1e4,
+    anneal: str = "cos",
+    three_phase: bool = False,
+    base_momentum: float = 0.85,
+    max_momentum: float = 0.95,
+) -> OneCycle:
+    """The one-cycle schedules that follow a learning-rate range test.
+
+    Smith (2018) takes the peak of the cycle from the range test: the largest rate at which the
+    loss still falls fast. lecopt's ``lr_range_test(...).suggestion`` (the steepest decline) is that
+    rate, so it becomes ``max_lr`` and the cycle starts ``div_factor`` times lower, as fastai's
+    ``fit_one_cycle(lr_max=...)`` after ``lr_find``.
+
+    Args:
+      suggestion: the suggested rate (a number or a scalar array), > 0.
+      total_steps, pct_start, div_factor, final_div_factor, anneal, three_phase: as for
+        :func:`one_cycle`.
+      base_momentum, max_momentum: as for :func:`one_cycle_momentum`.
+
+    Returns:
+      A :class:`OneCycle` with ``learning_rate``, ``momentum`` and the numbers to print:
+      ``max_lr``, ``initial_lr``, ``min_lr`` and ``peak_step`` (``pct_start T - 1``).
+
+    Example:
+      >>> plan = lecopt.schedules.one_cycle_from_range_test(0.3, 1000)
+      >>> plan.initial_lr, plan.min_lr, plan.peak_step
+      (0.012, 1.2e-06, 299.0)
+    """
+    max_lr = float(np.asarray(suggestion).reshape(()))
+    learning_rate = one_cycle(
+        max_lr, total_steps, pct_start, div_factor, final_div_factor, anneal, three_phase
+    )
+    momentum = one_cycle_momentum(
+        total_steps, pct_start, base_momentum, max_momentum, anneal, three_phase
+    )
+    initial = max_lr / div_factor
+    return OneCycle(
+        learning_rate, momentum, max_lr, initial, initial / final_div_factor,
+        pct_start * total_steps - 1,
+    )
 
 
 # --------------------------------------------------------------------------------------------
