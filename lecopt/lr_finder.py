@@ -12,7 +12,10 @@ inside one jitted program: no Python loop, no mutation and restoring of a model,
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -25,7 +28,20 @@ from jax import lax
 from lecopt import schedules, transforms
 from lecopt._checks import check_range
 
-__all__ = ["LRRangeTestResult", "lr_range_test"]
+__all__ = [
+    "RULES",
+    "Curve",
+    "GridSearchResult",
+    "LRRangeTestResult",
+    "grid_search",
+    "lecopt_rule",
+    "local_quadratic",
+    "lr_range_test",
+    "plot",
+    "suggest",
+    "train_at_rates",
+    "validate",
+]
 
 _MODES = ("exponential", "linear")
 
@@ -36,20 +52,23 @@ class LRRangeTestResult(NamedTuple):
     Attributes:
       learning_rates: ``alpha_k`` of step ``k``, shape ``(num_steps,)``: the full grid.
       losses: the raw minibatch loss at step ``k``, taken before the ``k``-th update (so it
-        reflects the rates ``alpha_0 .. alpha_{k-1}``); NaN after ``stopped_at``.
+        reflects the rates ``alpha_0 .. alpha_{k-1}``); NaN after ``stopped_at``. With
+        ``seeds``: shape ``(num_seeds, num_steps)``, one row per seed (as every per-sweep
+        field below).
       smoothed_losses: the bias-corrected exponential moving average of ``losses``
         (``avg_k = beta avg_{k-1} + (1 - beta) loss_k``, ``smooth_k = avg_k / (1 - beta**(k+1))``);
         NaN after ``stopped_at``.
       stopped_at: the last recorded step (int32): the step at which the smoothed loss
         diverged, or ``num_steps - 1`` when it never did.
       diverged: whether the sweep stopped early (bool).
-      suggestion: the rate of steepest decline of the smoothed loss against ``log alpha``
-        (``suggestions["steepest"]``).
-      suggestions: ``{"steepest", "minimum/10", "valley"}``: the steepest decline, a tenth of
-        the rate at the smallest smoothed loss, and fastai's "valley" rule (a point in the
-        longest decreasing run of the smoothed loss). All ignore the first ``min(10,
-        num_steps // 10)`` noisy points and everything from the divergence on; NaN when too
-        few points remain.
+      suggestion: lecopt's rule (``suggestions["lecopt"]``, see :func:`lecopt_rule`); with
+        seeds, the median over the seeds (of the logarithms).
+      suggestions: every rule of :data:`RULES` by name (medians over seeds). No rule
+        suggests a rate at or beyond the divergence; NaN when too few points remain.
+      seed_suggestions: with seeds, ``{name: array (num_seeds,)}``: each seed's suggestion;
+        None without.
+      spread: with seeds, ``{name: max / min}`` of the seeds' suggestions (1 for one seed);
+        None without.
     """
 
     learning_rates: jax.Array
@@ -57,108 +76,280 @@ class LRRangeTestResult(NamedTuple):
     smoothed_losses: jax.Array
     stopped_at: jax.Array
     diverged: jax.Array
-    suggestion: jax.Array
-    suggestions: dict[str, jax.Array]
+    suggestion: Any
+    suggestions: dict[str, Any]
+    seed_suggestions: dict[str, np.ndarray] | None = None
+    spread: dict[str, float] | None = None
 
-    def plot(self, ax: Any = None) -> Any:
-        """Draws raw and smoothed loss against the learning rate (log axis), suggestion marked.
+    def plot(self, ax: Any = None, rules: Sequence[str] | None = None) -> Any:
+        """Draws raw and smoothed losses against the rate (log axis), suggestions marked.
+
+        The y-range runs from a little below the lowest smoothed loss to a little above the
+        starting loss (as fastai clips it), so a spike at the divergence does not flatten the
+        curve. With several seeds: each seed's raw curve, the median smoothed curve and the
+        band between the lowest and highest smoothed loss.
 
         Args:
           ax: a matplotlib ``Axes``; a new figure is made when None.
+          rules: the names of the suggestions to mark (default: all).
 
         Returns:
-          The ``Axes``. A result of a vmapped call draws one pair of curves per sweep.
+          The ``Axes``.
         """
-        lrs = np.asarray(self.learning_rates)
         if ax is None:
             import matplotlib.pyplot as plt
 
-            _, ax = plt.subplots(figsize=(6, 4))
-        rows = lrs.reshape(-1, lrs.shape[-1]).shape[0]
-        flat = lambda x: np.asarray(x).reshape(rows, -1)
-        for r, (lr, raw, sm, sug) in enumerate(
-            zip(
-                flat(self.learning_rates),
-                flat(self.losses),
-                flat(self.smoothed_losses),
-                flat(self.suggestion)[:, 0],
-            )
-        ):
-            tag = f" (sweep {r})" if rows > 1 else ""
-            line = ax.plot(lr, sm, lw=2, label=f"smoothed loss{tag}")[0]
-            ax.plot(lr, raw, alpha=0.35, lw=1, color=line.get_color(), label=f"raw loss{tag}")
-            if np.isfinite(sug):
-                y = np.interp(np.log(sug), np.log(lr), np.where(np.isfinite(sm), sm, np.nan))
-                ax.plot([sug], [y], "o", ms=9, color=line.get_color(), mfc="none",
-                        label=f"steepest decline: {sug:.3g}{tag}")
-        ax.set_xscale("log")
-        ax.set_xlabel("learning rate alpha (log scale)")
-        ax.set_ylabel("training loss (minibatch)")
-        ax.set_title("Learning-rate range test")
-        ax.legend(fontsize="small")
-        ax.grid(True, which="both", alpha=0.3)
+            _, ax = plt.subplots(figsize=(7, 4.5))
+        _draw_range_test(ax, self, rules)
         return ax
 
 
+_MARKERS = "ovs^Dp*hX"
+
+
 # --------------------------------------------------------------------------------------------
-# Suggestions, computed inside the compiled program so that they vmap.
+# Suggestions: small NumPy functions of one recorded sweep (host side, float64).
+#
+# Every rule sees the same record: the rates, the raw losses, fastai's smoothed losses and the
+# number ``end`` of points before the divergence (the point that diverged and everything after
+# it are never candidates). Each returns a rate, or NaN when too few points remain.
 
 
-def _skip(num_steps: int) -> int:
-    # fastai and torch-lr-finder both drop the first tenth (at most 10) of the points: the
-    # smoothed loss of the first steps is mostly the initial loss and its noise.
-    return min(10, num_steps // 10)
+class Curve(NamedTuple):
+    """One recorded sweep as the rules read it (float64 NumPy; see :func:`suggest`).
+
+    Attributes:
+      learning_rates: ``alpha_k``, shape ``(n,)``.
+      losses: raw minibatch losses, NaN after the stop.
+      smoothed_losses: fastai's debiased moving average of ``losses``.
+      end: number of points before the divergence: ``0 .. end-1`` may be suggested.
+      num_steps: ``n`` (fastai and torch-lr-finder skip a fixed share of it).
+    """
+
+    learning_rates: np.ndarray
+    losses: np.ndarray
+    smoothed_losses: np.ndarray
+    end: int
+    num_steps: int
 
 
-def _first_nonempty(preferred: jax.Array, fallback: jax.Array) -> jax.Array:
-    return jnp.where(jnp.any(preferred), preferred, fallback)
+def _rate(curve: Curve, idx: int | np.integer) -> float:
+    return float(curve.learning_rates[idx]) if 0 <= idx < curve.end else math.nan
 
 
-def _steepest(lrs, smoothed, valid, skip):
-    k = jnp.arange(lrs.shape[0] - 1)
-    slope = (smoothed[1:] - smoothed[:-1]) / (jnp.log(lrs[1:]) - jnp.log(lrs[:-1]))
-    # Only the descent up to the smoothed minimum counts: once the loss has blown up (even
-    # when not past diverge_factor), a later drop is recovery from divergence, not learning.
-    lowest = jnp.argmin(jnp.where(valid, smoothed, jnp.inf))
-    pair = valid[1:] & valid[:-1] & (k < lowest)
-    pair = _first_nonempty(pair & (k >= skip), pair)
-    idx = jnp.argmin(jnp.where(pair, slope, jnp.inf))
-    return jnp.where(jnp.any(pair), lrs[idx], jnp.nan)
+def local_quadratic(u: np.ndarray, y: np.ndarray, half_width: float) -> tuple[np.ndarray, ...]:
+    """Zero-phase smoothing: a least-squares parabola around every point (Savitzky-Golay).
+
+    For each ``i`` fits ``y_j ~ a + b (u_j - u_i) + c (u_j - u_i)**2`` over the points with
+    ``|u_j - u_i| <= half_width`` and returns ``(a, b)``: the smoothed value and its slope
+    ``dy/du`` at ``u_i``. On evenly spaced ``u`` away from the ends this is the Savitzky-Golay
+    filter of degree 2; the window is measured in units of ``u`` (decades of rate), not in
+    points, so it covers the same rates at any resolution, and it is centred, so the result
+    has no lag. Near the ends the window is cut (a one-sided fit).
+
+    Reference: A. Savitzky and M. J. E. Golay, "Smoothing and differentiation of data by
+    simplified least squares procedures", Anal. Chem. 36 (1964).
+    """
+    # Window sums by prefix sums (O(n)): with c = u - u_i, sum_j c**p y_j expands binomially
+    # into sums of u_j**q y_j; u is centred first so the powers stay well conditioned.
+    u = u - np.mean(u)
+    lo = np.searchsorted(u, u - half_width - 1e-12, side="left")
+    hi = np.searchsorted(u, u + half_width + 1e-12, side="right")
+
+    def window_sum(v):
+        c = np.concatenate([[0.0], np.cumsum(v)])
+        return c[hi] - c[lo]
+
+    raw_u = [window_sum(u**q) for q in range(5)]
+    raw_uy = [window_sum(u**q * y) for q in range(3)]
+
+    def centred(sums, p):
+        return sum(math.comb(p, q) * (-u) ** (p - q) * sums[q] for q in range(p + 1))
+
+    m = [centred(raw_u, p) for p in range(5)]
+    a = np.stack([np.stack(m[r : r + 3], -1) for r in range(3)], -2)
+    rhs = np.stack([centred(raw_uy, p) for p in range(3)], -1)
+    # A tiny ridge keeps windows of fewer than three points solvable (they fit a line).
+    scale = np.maximum(m[0], 1.0)[:, None, None]
+    coef = np.linalg.solve(a + 1e-12 * scale * np.eye(3), rhs[..., None])[..., 0]
+    return coef[:, 0], coef[:, 1]
 
 
-def _minimum_over_10(lrs, smoothed, mask):
-    idx = jnp.argmin(jnp.where(mask, smoothed, jnp.inf))
-    return jnp.where(jnp.any(mask), lrs[idx] / 10, jnp.nan)
+SMOOTHING_DECADES = 0.5
+"""Width of lecopt's zero-phase window, in decades of rate (half of it on each side)."""
 
 
-def _valley(lrs, smoothed, mask):
-    """fastai's "valley": the longest decreasing subsequence of the smoothed loss ending at
-    ``e`` with length ``L``; the rate at ``e - L + floor(L/3) + floor(L/6)``, about the middle of
-    its later part."""
-    n = lrs.shape[0]
-    ks = jnp.arange(n)
+def _zero_phase(curve: Curve, of_log: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    u = np.log10(curve.learning_rates[: curve.end])
+    y = curve.losses[: curve.end]
+    y = np.log(y) if of_log else y
+    value, slope = local_quadratic(u, y, SMOOTHING_DECADES / 2)
+    return u, value, slope
 
-    def longest_ending_at(i, lds):
-        earlier_higher = mask & (ks < i) & (smoothed > smoothed[i])
-        best = jnp.max(jnp.where(earlier_higher, lds, 0))
-        return lds.at[i].set(jnp.where(mask[i], best + 1, 0))
 
-    lds = lax.fori_loop(0, n, longest_ending_at, jnp.zeros(n, jnp.int32))
-    end = jnp.argmax(lds)
-    length = lds[end]
-    lo = jnp.argmax(mask)
-    hi = n - 1 - jnp.argmax(mask[::-1])
-    idx = jnp.clip(end - length + length // 3 + length // 6, lo, hi)
-    return jnp.where(jnp.any(mask), lrs[idx], jnp.nan)
+def lecture_rule(curve: Curve) -> float:
+    """The lecture's rule taken literally: the rate of the steepest decline of the loss
+    against ``log alpha``, read off a lag-free (zero-phase) smoothing of the raw losses, over
+    the descent before the smoothed minimum."""
+    if curve.end < 5:
+        return math.nan
+    _, value, slope = _zero_phase(curve, of_log=False)
+    lowest = int(np.argmin(value))
+    if lowest == 0:
+        return math.nan
+    return _rate(curve, int(np.argmin(slope[: lowest + 1])))
+
+
+def _fastai_trim(curve: Curve) -> tuple[np.ndarray, np.ndarray, int]:
+    # fastai's lr_find: lrs[num_it//10 : -5], losses likewise (of the recorded, smoothed ones).
+    lo = curve.num_steps // 10
+    hi = curve.end - 5
+    return curve.learning_rates[lo:hi], curve.smoothed_losses[lo:hi], lo
+
+
+def fastai_steep(curve: Curve) -> float:
+    """fastai's ``steep``: the steepest finite-difference slope of the smoothed loss against
+    ``log alpha`` (the rate at the left end of that step)."""
+    lrs, sm, lo = _fastai_trim(curve)
+    if len(sm) < 2:
+        return math.nan
+    grads = np.diff(sm) / np.diff(np.log(lrs))
+    return _rate(curve, lo + int(np.argmin(grads)))
+
+
+def fastai_minimum(curve: Curve) -> float:
+    """fastai's ``minimum``: a tenth of the rate of the smallest smoothed loss."""
+    lrs, sm, lo = _fastai_trim(curve)
+    if len(sm) < 1:
+        return math.nan
+    return _rate(curve, lo + int(np.argmin(sm))) / 10
+
+
+def fastai_valley(curve: Curve) -> float:
+    """fastai's ``valley``: in the longest decreasing subsequence of the smoothed loss (start
+    ``s``, end ``e``), the rate at ``s + (e-s)//3 + (e-s)//6``-ish, about the middle of its
+    later part: ``idx = s + int(L/3) + int(L/6)``, ``L = e - s``."""
+    lrs, sm, lo = _fastai_trim(curve)
+    n = len(sm)
+    if n < 2:
+        return math.nan
+    lds = np.ones(n, int)
+    for i in range(1, n):
+        earlier = np.nonzero(sm[:i] > sm[i])[0]
+        if earlier.size:
+            lds[i] = lds[earlier].max() + 1
+    end = int(np.argmax(lds))
+    start = end - int(lds[end]) + 1
+    span = (end - start) / 3
+    return _rate(curve, lo + start + int(span) + int(span / 2))
+
+
+def fastai_slide(curve: Curve, lr_diff: int = 15, thresh: float = 0.005) -> float:
+    """fastai's ``slide``: from the right end, slide a window of ``lr_diff`` points to the left
+    while the slopes (``np.gradient`` of the smoothed loss) at its two ends differ by more
+    than ``thresh``; the rate at the window's left end where they first agree."""
+    lrs, sm, lo = _fastai_trim(curve)
+    n = len(sm)
+    if n <= lr_diff:
+        return math.nan
+    grad = np.gradient(sm)
+    right, left = n - 1, n - 1 - lr_diff
+    found = left
+    while left >= 0 and abs(grad[right] - grad[left]) > thresh:
+        found = left
+        right, left = right - 1, left - 1
+    return _rate(curve, lo + found)
+
+
+def lightning_rule(curve: Curve, skip_begin: int = 10, skip_end: int = 1) -> float:
+    """PyTorch Lightning's ``suggestion()``: the steepest ``np.gradient`` of the smoothed
+    (debiased, beta 0.98) loss after dropping ``skip_begin`` points at the start and
+    ``skip_end`` at the end of the recorded ones."""
+    sm = curve.smoothed_losses[skip_begin : curve.end + 1 - skip_end]
+    keep = np.nonzero(np.isfinite(sm))[0]
+    if keep.size < 2:
+        return math.nan
+    return _rate(curve, skip_begin + int(keep[np.argmin(np.gradient(sm[keep]))]))
+
+
+def torch_lr_finder_rule(curve: Curve, smooth_f: float = 0.05, diverge_th: float = 5.0,
+                         skip_start: int = 10, skip_end: int = 5) -> float:
+    """torch-lr-finder's suggestion: its own smoothing of the raw losses (``s_0 = l_0``,
+    ``s_k = smooth_f l_k + (1 - smooth_f) s_{k-1}``, stopping once ``s_k > diverge_th`` times
+    the best), then the steepest ``np.gradient`` after dropping ``skip_start`` and
+    ``skip_end`` points."""
+    raw = curve.losses[: curve.end + 1]
+    smoothed, best = [], math.inf
+    for k, loss in enumerate(raw):
+        s = loss if k == 0 else smooth_f * loss + (1 - smooth_f) * smoothed[-1]
+        smoothed.append(s)
+        if not np.isfinite(s) or s > diverge_th * best:
+            break
+        best = min(best, s)
+    sm = np.asarray(smoothed)[skip_start : len(smoothed) - skip_end]
+    if sm.size < 2:
+        return math.nan
+    return _rate(curve, skip_start + int(np.argmin(np.gradient(sm))))
+
+
+LECOPT_FACTOR = 2.0
+"""lecopt's rule divides the rate of the lowest zero-phase-smoothed loss by this factor."""
+
+
+def lecopt_rule(curve: Curve) -> float:
+    """lecopt's rule: the largest stable rate over a safety factor.
+
+    The log-loss is smoothed by a centred local parabola half a decade wide
+    (:func:`local_quadratic`): no lag, and the same window at any resolution. Its lowest point
+    before the divergence is the largest rate at which the sweep still made progress; the
+    suggestion is that rate over :data:`LECOPT_FACTOR`.
+    """
+    if curve.end < 5:
+        return math.nan
+    _, value, _ = _zero_phase(curve, of_log=True)
+    return _rate(curve, int(np.argmin(value))) / LECOPT_FACTOR
+
+
+RULES: dict[str, Callable[[Curve], float]] = {
+    "lecopt": lecopt_rule,
+    "lecture": lecture_rule,
+    "fastai steep": fastai_steep,
+    "fastai minimum/10": fastai_minimum,
+    "fastai valley": fastai_valley,
+    "fastai slide": fastai_slide,
+    "lightning": lightning_rule,
+    "torch-lr-finder": torch_lr_finder_rule,
+}
+"""Every suggestion rule by name; ``"lecopt"`` is :attr:`LRRangeTestResult.suggestion`."""
+
+
+def _end(stopped_at: int, diverged: bool, num_steps: int) -> int:
+    return int(stopped_at) if diverged else num_steps
+
+
+def suggest(learning_rates: Any, losses: Any, smoothed_losses: Any, stopped_at: Any,
+            diverged: Any) -> dict[str, float]:
+    """Every rule of :data:`RULES` on one recorded sweep (the fields of a one-seed result).
+
+    Args:
+      learning_rates, losses, smoothed_losses: shape ``(n,)``.
+      stopped_at, diverged: as in :class:`LRRangeTestResult`.
+
+    Returns:
+      ``{name: rate}`` (NaN where a rule has too few points before the divergence).
+    """
+    lrs = np.asarray(learning_rates, np.float64)
+    curve = Curve(lrs, np.asarray(losses, np.float64), np.asarray(smoothed_losses, np.float64),
+                  _end(stopped_at, diverged, lrs.shape[0]), lrs.shape[0])
+    out = {}
+    for name, rule in RULES.items():
+        with np.errstate(all="ignore"):
+            out[name] = float(rule(curve))
+    return out
 
 
 # --------------------------------------------------------------------------------------------
 # The compiled sweep
-
-
-def _take(batches: Any, k: jax.Array, nb: int) -> Any:
-    # Minibatches are cycled when there are fewer than num_steps of them.
-    return jax.tree.map(lambda x: lax.dynamic_index_in_dim(x, k % nb, keepdims=False), batches)
 
 
 def _loss_and_state(loss_fn, with_state, params, model_state, batch):
@@ -173,14 +364,19 @@ def _loss_and_state(loss_fn, with_state, params, model_state, batch):
     return loss_fn(params, batch), model_state
 
 
-@partial(
-    jax.jit,
-    static_argnames=("loss_fn", "optimizer", "num_steps", "mode", "with_state"),
-)
-def _sweep(
+class _Curves(NamedTuple):
+    learning_rates: jax.Array
+    losses: jax.Array
+    smoothed_losses: jax.Array
+    stopped_at: jax.Array
+    diverged: jax.Array
+
+
+def _sweep_impl(
     params,
     model_state,
     batches,
+    order,
     min_lr,
     max_lr,
     smoothing,
@@ -191,11 +387,11 @@ def _sweep(
     num_steps,
     mode,
     with_state,
-):
+) -> _Curves:
     # Module-level jit with the functions as static arguments: jax's own cache, keyed on
     # (loss_fn, optimizer, num_steps, mode, with_state) and the arguments' shapes and dtypes,
-    # makes a second call with the same objects reuse the compiled sweep. The rates, smoothing
-    # and divergence factor are traced: new values reuse it too.
+    # makes a second call with the same objects reuse the compiled sweep. The rates, smoothing,
+    # divergence factor and minibatch order are traced: new values reuse it too.
     make_range = schedules.exponential_range if mode == "exponential" else schedules.linear_range
     schedule = make_range(min_lr, max_lr, num_steps)
     tx = optimizer(schedule)
@@ -204,10 +400,13 @@ def _sweep(
             "optimizer: expected a function learning_rate -> optax.GradientTransformation "
             f"(e.g. lambda lr: lecopt.sgd(lr, momentum=0.9)); it returned {type(tx).__name__}"
         )
-    nb = jax.tree.leaves(batches)[0].shape[0]
+    nb = order.shape[0]
     value_fn = partial(_loss_and_state, loss_fn, with_state)
+    # Minibatch k is batches[order[k % nb]]: a gather of one row per step (the minibatches are
+    # cycled when there are fewer than num_steps of them).
+    take = lambda k: jax.tree.map(lambda x: jnp.take(x, order[k % nb], axis=0), batches)
 
-    loss_aval, state_aval = jax.eval_shape(value_fn, params, model_state, _take(batches, 0, nb))
+    loss_aval, state_aval = jax.eval_shape(value_fn, params, model_state, take(0))
     if getattr(loss_aval, "shape", None) != () or not jnp.issubdtype(
         loss_aval.dtype, jnp.floating
     ):
@@ -224,11 +423,16 @@ def _sweep(
     grad_fn = jax.value_and_grad(value_fn, has_aux=True)
     beta = jnp.asarray(smoothing, fdt)
     factor = jnp.asarray(diverge_factor, fdt)
-    nan = jnp.asarray(jnp.nan, fdt)
 
-    def live_step(carry, k):
-        params, opt_state, ms, avg, best, _, stopped_at = carry
-        (loss, new_ms), grads = grad_fn(params, ms, _take(batches, k, nb))
+    def running(carry):
+        k, diverged = carry[0], carry[6]
+        return (k < num_steps) & ~diverged
+
+    def step(carry):
+        # A while loop, not a scan: the sweep ends at the divergence (fastai's stop_div), and
+        # there is no branch per step whose operands (the stacked minibatches) XLA would copy.
+        k, params, opt_state, ms, avg, best, _, losses, smoothed = carry
+        (loss, new_ms), grads = grad_fn(params, ms, take(k))
         loss = loss.astype(fdt)
         # fastai's smoothing is Adam's debiased first moment of the losses: one formula.
         avg = transforms._ema(avg, loss, beta)
@@ -237,58 +441,54 @@ def _sweep(
         # fastai's rule; NaN or inf (in the loss or its average) counts as divergence too.
         diverged = ~jnp.isfinite(loss) | ~jnp.isfinite(smooth) | (smooth > factor * best)
         updates, new_opt = tx.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(diverged, b, a), new, old)
-        carry = (
-            keep(new_params, params),
+        return (
+            k + 1,
+            keep(optax.apply_updates(params, updates), params),
             keep(new_opt, opt_state),
             keep(new_ms, ms),
             avg,
             best,
             diverged,
-            jnp.where(diverged, k, stopped_at),
+            lax.dynamic_update_index_in_dim(losses, loss, k, 0),
+            lax.dynamic_update_index_in_dim(smoothed, smooth, k, 0),
         )
-        return carry, (loss, smooth)
 
-    def stopped_step(carry, k):
-        # After divergence nothing is updated or recorded.
-        return carry, (nan, nan)
-
-    def step(carry, k):
-        return lax.cond(carry[5], stopped_step, live_step, carry, k)
-
+    nans = jnp.full((num_steps,), jnp.nan, fdt)
     init = (
+        jnp.asarray(0, jnp.int32),
         params,
         tx.init(params),
         model_state,
         jnp.zeros((), fdt),
         jnp.asarray(jnp.inf, fdt),
         jnp.asarray(False),
-        jnp.asarray(num_steps - 1, jnp.int32),
+        nans,
+        nans,
     )
+    out = lax.while_loop(running, step, init)
     ks = jnp.arange(num_steps, dtype=jnp.int32)
-    carry, (losses, smoothed) = lax.scan(step, init, ks)
-    diverged, stopped_at = carry[5], carry[6]
-
-    lrs = jax.vmap(schedule)(ks)
-    valid = ks <= stopped_at - diverged.astype(jnp.int32)
-    skip = _skip(num_steps)
-    trimmed = _first_nonempty(valid & (ks >= skip), valid)
-    steepest = _steepest(lrs, smoothed, valid, skip)
-    suggestions = {
-        "steepest": steepest,
-        "minimum/10": _minimum_over_10(lrs, smoothed, trimmed),
-        "valley": _valley(lrs, smoothed, trimmed),
-    }
-    return LRRangeTestResult(
-        learning_rates=lrs,
-        losses=losses,
-        smoothed_losses=smoothed,
-        stopped_at=stopped_at,
-        diverged=diverged,
-        suggestion=steepest,
-        suggestions=suggestions,
+    return _Curves(
+        learning_rates=jax.vmap(schedule)(ks),
+        losses=out[7],
+        smoothed_losses=out[8],
+        stopped_at=out[0] - 1,
+        diverged=out[6],
     )
+
+
+_STATIC = ("loss_fn", "optimizer", "num_steps", "mode", "with_state")
+_sweep = jax.jit(_sweep_impl, static_argnames=_STATIC)
+
+
+@partial(jax.jit, static_argnames=_STATIC)
+def _sweep_seeds(params, model_state, batches, orders, min_lr, max_lr, smoothing,
+                 diverge_factor, **static) -> _Curves:
+    # All seeds in one program: the sweep vmapped over (params, order); the rates are shared.
+    one = lambda p, o: _sweep_impl(p, model_state, batches, o, min_lr, max_lr, smoothing,
+                                   diverge_factor, **static)
+    curves = jax.vmap(one)(params, orders)
+    return curves._replace(learning_rates=curves.learning_rates[0])
 
 
 def _check_batches(batches: Any) -> None:
@@ -316,6 +516,66 @@ def _check_batches(batches: Any) -> None:
         raise ValueError("batches: the leading axis is 0; at least one minibatch is needed")
 
 
+# --------------------------------------------------------------------------------------------
+# The public range test
+
+
+def _seed_inputs(params: Any, nb: int, seeds: list[int]) -> tuple[Any, jax.Array]:
+    # Seed s: init_key, order_key = split(key(s)); params(init_key) when params is a function
+    # of a key; the minibatches in the order permutation(order_key, nb).
+    keys = [jax.random.split(jax.random.key(s)) for s in seeds]
+    if callable(params):
+        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[params(k[0]) for k in keys])
+    else:
+        stacked = jax.tree.map(lambda x: jnp.broadcast_to(x, (len(seeds), *jnp.shape(x))),
+                               params)
+    orders = jnp.stack([jax.random.permutation(k[1], nb).astype(jnp.int32) for k in keys])
+    return stacked, orders
+
+
+def _seed_list(seeds: Any) -> list[int] | None:
+    if seeds is None:
+        return None
+    if isinstance(seeds, bool):
+        raise TypeError(f"seeds: expected a count or a sequence of integers, got {seeds!r}")
+    if isinstance(seeds, int | np.integer):
+        if seeds < 1:
+            raise ValueError(f"seeds={seeds!r} is out of range; a count of seeds must be >= 1")
+        return list(range(int(seeds)))
+    out = list(seeds)
+    if not out or not all(isinstance(s, int | np.integer) and not isinstance(s, bool)
+                          and s >= 0 for s in out):
+        raise ValueError(f"seeds={seeds!r}: expected a non-empty sequence of integers >= 0")
+    return [int(s) for s in out]
+
+
+def _host_suggestions(curves: _Curves) -> tuple[dict, dict]:
+    """Per rule: the median over seeds and the per-seed rates (NumPy, on the host)."""
+    per_seed = {name: [] for name in RULES}
+    for i in range(np.shape(curves.losses)[0]):
+        one = suggest(curves.learning_rates, curves.losses[i], curves.smoothed_losses[i],
+                      curves.stopped_at[i], curves.diverged[i])
+        for name, v in one.items():
+            per_seed[name].append(v)
+    per_seed = {k: np.asarray(v) for k, v in per_seed.items()}
+    median = {}
+    for name, v in per_seed.items():
+        finite = v[np.isfinite(v)]
+        # The geometric median of rates: the median of their logarithms.
+        median[name] = float(np.exp(np.median(np.log(finite)))) if finite.size else math.nan
+    return median, per_seed
+
+
+def _callback_suggestions(curves: _Curves) -> jax.Array:
+    # The NumPy rules inside a traced program (under jit or vmap): a host callback.
+    def host(lrs, losses, smoothed, stopped_at, diverged):
+        return np.asarray(list(suggest(lrs, losses, smoothed, stopped_at, diverged).values()),
+                          np.float32)
+
+    return jax.pure_callback(host, jax.ShapeDtypeStruct((len(RULES),), jnp.float32), *curves,
+                             vmap_method="sequential")
+
+
 def lr_range_test(
     loss_fn: Callable[..., Any],
     params: Any,
@@ -329,6 +589,7 @@ def lr_range_test(
     smoothing: float = 0.98,
     diverge_factor: float = 4.0,
     model_state: Any = None,
+    seeds: int | Sequence[int] | None = None,
 ) -> LRRangeTestResult:
     """The learning-rate range test: raise ``alpha`` after every minibatch, record the loss.
 
@@ -338,21 +599,23 @@ def lr_range_test(
     or linearly. The losses are smoothed by the bias-corrected moving average
     ``avg_k = beta avg_{k-1} + (1 - beta) loss_k``, ``smooth_k = avg_k / (1 - beta**(k+1))``
     (as fastai). Once ``smooth_k > diverge_factor * min_{j<=k} smooth_j`` (or a loss is not
-    finite) the sweep stops counting: later steps neither update nor record. A good rate is
-    one where the loss declines steeply: ``suggestion`` is the rate of the steepest decline of
-    the smoothed loss against ``log alpha``.
+    finite) the sweep stops. Then every rule of :data:`RULES` reads the record (NumPy, on the
+    host); ``suggestion`` is lecopt's (:func:`lecopt_rule`), checked against grid search by
+    :mod:`lecopt._bench_lr_suggest`.
 
-    The whole sweep is one ``lax.scan`` in one jitted program, cached on ``(loss_fn,
+    The sweep is one ``lax.while_loop`` in one jitted program, cached on ``(loss_fn,
     optimizer)`` (by identity), the shapes and dtypes of the inputs, ``num_steps`` and
     ``mode``: call again with the same objects (and any rates, smoothing or factor) and no
-    compilation happens. Nothing given is modified, and the function can be ``jax.vmap``-ed
-    over a batch of initial params (or of seeds that make them): several curves, one program.
+    compilation happens. Nothing given is modified. With ``seeds`` the sweeps of all seeds are
+    one ``vmap``-ed program; the function can also be ``jax.vmap``-ed itself (the rules then
+    run as a host callback).
 
     Args:
       loss_fn: ``loss_fn(params, batch) -> scalar``; with ``model_state``,
         ``loss_fn(params, model_state, batch) -> (scalar, new_model_state)``. The divergence
         rule assumes positive losses (as every practical training loss).
-      params: the initial parameters (a pytree).
+      params: the initial parameters (a pytree); with ``seeds`` also a function
+        ``key -> params`` that initialises each seed's own.
       batches: a pytree of arrays whose leading axis indexes minibatches (e.g.
         ``{"x": (num_batches, m, d), "y": (num_batches, m)}``), cycled if shorter than
         ``num_steps``.
@@ -367,21 +630,27 @@ def lr_range_test(
       diverge_factor: stop once the smoothed loss exceeds this multiple (> 1) of its best.
       model_state: mutable model state such as Flax's ``{"batch_stats": ...}``, threaded
         through the sweep; None for a stateless ``loss_fn``.
+      seeds: None (one sweep, minibatches in the given order), a count ``S`` (seeds
+        ``0..S-1``) or a sequence of seeds. Seed ``s`` splits ``jax.random.key(s)`` into
+        ``(init_key, order_key)``, takes the minibatches in the order
+        ``jax.random.permutation(order_key, num_batches)`` and, if ``params`` is a function,
+        starts from ``params(init_key)``.
 
     Returns:
-      An :class:`LRRangeTestResult`.
+      An :class:`LRRangeTestResult`; with ``seeds`` its curves have a leading seed axis and
+      the suggestions are medians over the seeds.
 
     Raises:
       ValueError: ``min_lr >= max_lr``, rates out of range, ``num_steps < 2``, an unknown
         ``mode``, batches with inconsistent leading axes, a ``loss_fn`` that does not return
-        a scalar.
+        a scalar, bad ``seeds``.
       TypeError: ``loss_fn`` or ``optimizer`` not callable, or ``optimizer`` not returning a
         transformation.
 
     Example:
       >>> opt = lambda lr: lecopt.sgd(lr, momentum=0.9)
-      >>> res = lecopt.lr_range_test(loss_fn, params, {"x": xb, "y": yb}, opt, max_lr=1.0)
-      >>> res.suggestion, res.suggestions["valley"]
+      >>> res = lecopt.lr_range_test(loss_fn, params, {"x": xb, "y": yb}, opt, seeds=3)
+      >>> res.suggestion, res.suggestions["fastai valley"], res.spread["lecopt"]
       >>> res.plot()
     """
     if not callable(loss_fn):
@@ -408,17 +677,291 @@ def lr_range_test(
     check_range("smoothing", smoothing, 0.0, 1.0, hi_open=True)
     check_range("diverge_factor", diverge_factor, 1.0, lo_open=True)
     _check_batches(batches)
-    return _sweep(
-        params,
-        model_state,
-        batches,
-        min_lr,
-        max_lr,
-        smoothing,
-        diverge_factor,
-        loss_fn=loss_fn,
-        optimizer=optimizer,
-        num_steps=int(num_steps),
-        mode=mode,
-        with_state=model_state is not None,
-    )
+    seed_list = _seed_list(seeds)
+    if callable(params) and seed_list is None:
+        raise TypeError("params: a function key -> params needs seeds (e.g. seeds=3)")
+    nb = jax.tree.leaves(batches)[0].shape[0]
+    static = dict(loss_fn=loss_fn, optimizer=optimizer, num_steps=int(num_steps), mode=mode,
+                  with_state=model_state is not None)
+    if seed_list is None:
+        curves = _sweep(params, model_state, batches, jnp.arange(nb, dtype=jnp.int32), min_lr,
+                        max_lr, smoothing, diverge_factor, **static)
+        traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(curves))
+        if traced:
+            values = _callback_suggestions(curves)
+            named = dict(zip(RULES, values))
+            return LRRangeTestResult(*curves, suggestion=named["lecopt"], suggestions=named)
+        single = jax.tree.map(lambda x: np.asarray(x)[None], curves)._replace(
+            learning_rates=np.asarray(curves.learning_rates))
+        named, _ = _host_suggestions(single)
+        return LRRangeTestResult(*curves, suggestion=named["lecopt"], suggestions=named)
+    stacked, orders = _seed_inputs(params, nb, seed_list)
+    curves = _sweep_seeds(stacked, model_state, batches, orders, min_lr, max_lr, smoothing,
+                          diverge_factor, **static)
+    host = jax.tree.map(np.asarray, curves)
+    named, per_seed = _host_suggestions(host)
+    spread = {}
+    for name, v in per_seed.items():
+        finite = v[np.isfinite(v)]
+        spread[name] = float(finite.max() / finite.min()) if finite.size else math.nan
+    return LRRangeTestResult(*curves, suggestion=named["lecopt"], suggestions=named,
+                             seed_suggestions=per_seed, spread=spread)
+
+
+
+# --------------------------------------------------------------------------------------------
+# Ground truth: grid search over constant rates
+
+
+@dataclasses.dataclass
+class GridSearchResult:
+    """What :func:`grid_search` measured, and how (so that :func:`validate` can train more
+    rates the same way).
+
+    Attributes:
+      rates: the constant rates, ascending, shape ``(R,)``.
+      final_loss: per rate, the mean cross-entropy (nats) of the whole training set in
+        prediction mode after training; ``+inf`` where the run diverged.
+      test_error: per rate, the test error after training (NaN without test data or when
+        diverged).
+      best_rate, best_loss: the rate of the lowest ``final_loss`` and that loss.
+      epochs, batch_size, seed: the training budget and run.
+      model, optimizer_factory, data: what was trained (not part of equality).
+    """
+
+    rates: np.ndarray
+    final_loss: np.ndarray
+    test_error: np.ndarray
+    best_rate: float
+    best_loss: float
+    epochs: int
+    batch_size: int
+    seed: int
+    model: Any = dataclasses.field(repr=False, compare=False, default=None)
+    optimizer_factory: Any = dataclasses.field(repr=False, compare=False, default=None)
+    data: Any = dataclasses.field(repr=False, compare=False, default=None)
+    strategy: str = dataclasses.field(repr=False, compare=False, default="auto")
+
+
+def _train_set(data: Any) -> tuple[Any, Any]:
+    if isinstance(data, tuple | list):
+        return data[0], data[1]
+    if isinstance(data, Mapping):
+        return data["x_train"], data["y_train"]
+    return data.x_train, data.y_train
+
+
+def train_at_rates(model: Any, optimizer_factory: Callable[[Any], Any], data: Any,
+                   rates: Sequence[float], *, epochs: int, batch_size: int = 128, seed: int = 0,
+                   strategy: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """Final training loss (whole set, prediction mode; +inf if diverged) and test error
+    after ``epochs`` at each constant rate, all through one :func:`lecopt.train.sweep`."""
+    from lecopt import train  # noqa: PLC0415  (train imports this module's neighbours)
+
+    rates = [float(r) for r in rates]
+    runs = train.sweep(model, lambda learning_rate: optimizer_factory(learning_rate),
+                       {"learning_rate": rates}, data, epochs=epochs, seeds=[seed],
+                       strategy=strategy, batch_size=batch_size, progress=False,
+                       on_nonfinite="stop")
+    x, y = _train_set(data)
+    final = np.full(len(rates), np.inf)
+    test_error = np.full(len(rates), np.nan)
+    for i, run in enumerate(runs):
+        if run.history.stopped is not None:
+            continue
+        loss = train.evaluate(model, run.state.variables, x, y).loss
+        final[i] = loss if math.isfinite(loss) else math.inf
+        if run.history.test_error and math.isfinite(final[i]):
+            test_error[i] = run.history.test_error[-1]
+    return final, test_error
+
+
+def grid_search(model: Any, optimizer_factory: Callable[[Any], Any], data: Any, *,
+                rates: Sequence[float], epochs: int, batch_size: int = 128, seed: int = 0,
+                strategy: str = "auto") -> GridSearchResult:
+    """Trains ``model`` at every constant rate of ``rates`` for ``epochs``: the ground truth
+    a suggested rate is judged by.
+
+    All rates go through one :func:`lecopt.train.sweep` (one compiled program), from the same
+    initialisation and in the same minibatch order (``seed``), so each run equals
+    ``train.fit(model, optimizer_factory(rate), data, epochs=epochs, batch_size=batch_size,
+    seed=seed)``. The score of a rate is the loss it trains to: the mean cross-entropy of the
+    whole training set in prediction mode (:func:`lecopt.train.evaluate`); a run that met a
+    non-finite loss counts as ``+inf``.
+
+    Args:
+      model: a Flax module (as for :func:`lecopt.train.fit`).
+      optimizer_factory: ``rate -> optax.GradientTransformation``, e.g.
+        ``lambda lr: lecopt.sgd(lr, momentum=0.9)``.
+      data: as for :func:`lecopt.train.fit`.
+      rates: the constant rates (e.g. ``np.logspace(-3, 0, 13)``, a quarter-decade apart).
+      epochs: the training budget in epochs (>= 1).
+      batch_size: examples per step.
+      seed: initialisation and data order.
+      strategy: ``train.sweep``'s strategy (``"auto"``, ``"vmap"``, ``"loop"``).
+
+    Returns:
+      A :class:`GridSearchResult`.
+
+    Example:
+      >>> grid = grid_search(nn.MLP((64,)), lambda lr: lecopt.sgd(lr, momentum=0.9),
+      ...                    data.load("mnist-5k"), rates=np.logspace(-3, 0, 13), epochs=2)
+      >>> grid.best_rate, grid.best_loss
+    """
+    if not callable(optimizer_factory):
+        raise TypeError(f"optimizer_factory: expected a function rate -> optimizer, got "
+                        f"{optimizer_factory!r}")
+    arr = np.sort(np.asarray(rates, np.float64).reshape(-1))
+    if arr.size == 0 or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        raise ValueError(f"rates={rates!r}: expected a non-empty sequence of finite rates > 0")
+    final, test_error = train_at_rates(model, optimizer_factory, data, arr, epochs=epochs,
+                                       batch_size=batch_size, seed=seed, strategy=strategy)
+    best = int(np.argmin(final))
+    return GridSearchResult(arr, final, test_error, float(arr[best]), float(final[best]),
+                            epochs, batch_size, seed, model, optimizer_factory, data, strategy)
+
+
+def validate(result: LRRangeTestResult, grid: GridSearchResult,
+             rules: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Trains at every rule's suggested rate (exactly, not snapped to the grid) the way
+    ``grid`` trained, and compares with the grid's best.
+
+    Args:
+      result: a range test of the same model and optimizer.
+      grid: a :class:`GridSearchResult` (it keeps the model, optimizer and data).
+      rules: names of the rules to check (default: all in ``result.suggestions``).
+
+    Returns:
+      One dict per rule: ``rule``, ``rate``, ``final_loss``, ``test_error``, ``regret``
+      (``final_loss / grid.best_loss``; inf if diverged, NaN without a suggestion),
+      ``grid_best_rate``, ``grid_best_loss``.
+    """
+    names = list(result.suggestions) if rules is None else list(rules)
+    rates = {name: float(np.asarray(result.suggestions[name])) for name in names}
+    finite = sorted({r for r in rates.values() if math.isfinite(r) and r > 0})
+    final, test_error = (train_at_rates(grid.model, grid.optimizer_factory, grid.data, finite,
+                                        epochs=grid.epochs, batch_size=grid.batch_size,
+                                        seed=grid.seed, strategy=grid.strategy)
+                         if finite else (np.zeros(0), np.zeros(0)))
+    by_rate = {r: (final[i], test_error[i]) for i, r in enumerate(finite)}
+    rows = []
+    for name in names:
+        loss, err = by_rate.get(rates[name], (math.nan, math.nan))
+        rows.append({"rule": name, "rate": rates[name], "final_loss": float(loss),
+                     "test_error": float(err), "regret": float(loss / grid.best_loss),
+                     "grid_best_rate": grid.best_rate, "grid_best_loss": grid.best_loss})
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+
+
+def _one_rate(value: Any) -> float:
+    # A suggestion of a vmapped result has one entry per sweep: mark their median.
+    v = np.asarray(value, np.float64).reshape(-1)
+    v = v[np.isfinite(v) & (v > 0)]
+    return float(np.exp(np.median(np.log(v)))) if v.size else math.nan
+
+
+def _suggestion_y(lrs: np.ndarray, curve: np.ndarray, rate: float) -> float:
+    ok = np.isfinite(curve)
+    return float(np.interp(np.log(rate), np.log(lrs[ok]), curve[ok]))
+
+
+def _draw_range_test(ax: Any, res: LRRangeTestResult, rules: Sequence[str] | None) -> None:
+    lrs = np.asarray(res.learning_rates, np.float64).reshape(-1)[-np.shape(res.losses)[-1]:]
+    raw = np.asarray(res.losses, np.float64).reshape(-1, lrs.size)
+    sm = np.asarray(res.smoothed_losses, np.float64).reshape(-1, lrs.size)
+    lag_free = []
+    for i, (r, m) in enumerate(zip(raw, sm)):
+        curve = _curve_of(lrs, r, m, res, i)
+        if curve.end >= 5:
+            with np.errstate(all="ignore"):
+                lag_free.append(np.exp(_zero_phase(curve, of_log=True)[1]))
+    many = raw.shape[0] > 1
+    for i, r in enumerate(raw):
+        ax.plot(lrs, r, color="0.6", lw=0.8, alpha=0.6,
+                label="raw minibatch loss" + (" (each seed)" if many else "") if i == 0 else None)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mid = np.nanmedian(sm, axis=0)
+        if many:
+            ax.fill_between(lrs, np.nanmin(sm, 0), np.nanmax(sm, 0), color="C0", alpha=0.2,
+                            label=f"band of {raw.shape[0]} seeds (EMA)")
+    ax.plot(lrs, mid, color="C0", lw=2, label="EMA-smoothed loss (fastai, beta 0.98)"
+            + (", median" if many else ""))
+    for i, z in enumerate(lag_free):
+        ax.plot(lrs[: z.size], z, color="C1", lw=1.5,
+                label="zero-phase smoothed loss (lecopt)" if i == 0 else None)
+    names = list(res.suggestions) if rules is None else list(rules)
+    for j, name in enumerate(names):
+        rate = _one_rate(res.suggestions[name])
+        if not np.isfinite(rate):
+            continue
+        ax.axvline(rate, color=f"C{(j + 2) % 10}", lw=1, ls="--", alpha=0.8)
+        ax.plot([rate], [_suggestion_y(lrs, mid, rate)], _MARKERS[j % len(_MARKERS)],
+                color=f"C{(j + 2) % 10}", ms=8, mfc="none", mew=2, label=f"{name}: {rate:.3g}")
+    finite = np.concatenate([mid[np.isfinite(mid)], raw[np.isfinite(raw)]])
+    if finite.size:
+        start = float(np.nanmedian(raw[:, : max(1, lrs.size // 20)]))
+        low = float(np.nanmin(mid))
+        ax.set_ylim(low - 0.1 * (start - low) if start > low else low * 0.9,
+                    start + 0.15 * abs(start - low) if start > low else start * 1.1)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate alpha (log scale)")
+    ax.set_ylabel("training loss (minibatch, nats)")
+    ax.set_title("Learning-rate range test" + (f" ({raw.shape[0]} seeds)" if many else ""))
+    ax.legend(fontsize="x-small", loc="lower left")
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def _curve_of(lrs, raw, sm, res, i) -> Curve:
+    stopped = np.asarray(res.stopped_at).reshape(-1)[i]
+    diverged = np.asarray(res.diverged).reshape(-1)[i]
+    return Curve(lrs, raw, sm, _end(stopped, diverged, lrs.size), lrs.size)
+
+
+def plot(result: LRRangeTestResult, grid: GridSearchResult | None = None,
+         rules: Sequence[str] | None = None) -> Any:
+    """The range test (left) and, with ``grid``, the grid search's final loss against the
+    rate with every suggestion on it (right).
+
+    Args:
+      result: an :class:`LRRangeTestResult` (one seed or several).
+      grid: a :class:`GridSearchResult` of the same model and optimizer, or None.
+      rules: names of the suggestions to mark (default: all).
+
+    Returns:
+      The matplotlib ``Figure``.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2 if grid is not None else 1,
+                             figsize=(13 if grid is not None else 7, 4.8), squeeze=False)
+    _draw_range_test(axes[0, 0], result, rules)
+    if grid is not None:
+        ax = axes[0, 1]
+        rates, finals = np.asarray(grid.rates), np.asarray(grid.final_loss)
+        ok = np.isfinite(finals)
+        ax.plot(rates[ok], finals[ok], "k.-", label="final training loss (grid)")
+        if (~ok).any():
+            ax.plot(rates[~ok], np.full((~ok).sum(), np.nanmax(finals[ok]) if ok.any() else 1),
+                    "rx", label="diverged")
+        names = list(result.suggestions) if rules is None else list(rules)
+        for j, name in enumerate(names):
+            rate = _one_rate(result.suggestions[name])
+            if np.isfinite(rate):
+                ax.axvline(rate, color=f"C{(j + 2) % 10}", lw=1, ls="--",
+                           label=f"{name}: {rate:.3g}")
+        ax.axvline(grid.best_rate, color="k", lw=2, alpha=0.4,
+                   label=f"grid best: {grid.best_rate:.3g}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("constant learning rate alpha (log scale)")
+        ax.set_ylabel("final training loss (whole set, nats, log scale)")
+        ax.set_title(f"Grid search: {grid.epochs} epochs at each constant rate")
+        ax.legend(fontsize="x-small")
+        ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,326 @@
+"""Benchmark: how good is each range-test suggestion? Judged by grid search on mnist-5k.
+
+For every task (model, optimizer, batch size, budget in epochs) of :data:`TASKS`:
+
+1. range tests over 3 seeds (one vmapped program, :func:`lecopt.lr_finder.lr_range_test`) at
+   each resolution of ``num_steps`` (100, 400, 1000 steps) over the same range of rates;
+2. a grid search (:func:`lecopt.lr_finder.grid_search`) of constant rates a quarter-decade
+   apart (at least 13, extended until the best is inside) for the task's budget, from the
+   same initialisation and minibatch order as every other run of the task;
+3. for every rule and resolution: its suggestion (median over the seeds), the final training
+   loss (whole set, prediction mode) it trains to at that EXACT rate, and its regret = that
+   loss / the grid-best loss (inf when it diverged).
+
+``run`` returns the table rows, ``summary`` the hit rate (regret <= 1.25) and median regret per
+rule and the resolution dependence, ``plot`` the figure. Nothing here is tuned per task: every
+task is swept over the same range with the same rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lecopt import data as ldata
+from lecopt import lr_finder, optimizers, train
+from lecopt import nn as lnn
+
+MIN_LR, MAX_LR = 1e-6, 10.0
+HIT = 1.25
+SEEDS = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One benchmark task: ``name``, hidden ``features`` (``()``: logistic regression),
+    ``batch_norm``, optimizer ``opt`` (a key of :data:`OPTIMIZERS`), ``batch_size``,
+    ``epochs`` (the budget) and the first grid rate ``grid_lo`` (log10)."""
+
+    name: str
+    features: tuple[int, ...]
+    batch_norm: bool
+    opt: str
+    batch_size: int
+    epochs: int
+    grid_lo: float
+
+
+OPTIMIZERS: dict[str, Callable[[Any], optax.GradientTransformation]] = {
+    "sgd": lambda lr: optimizers.sgd(lr),
+    "momentum": lambda lr: optimizers.sgd(lr, momentum=0.9),
+    "nesterov": lambda lr: optimizers.sgd(lr, momentum=0.9, nesterov=True),
+    "adagrad": lambda lr: optimizers.adagrad(lr),
+    "rmsprop": lambda lr: optimizers.rmsprop(lr),
+    "adam": lambda lr: optimizers.adam(lr),
+}
+
+TASKS: tuple[Task, ...] = (
+    Task("logreg sgd b32 1ep", (), False, "sgd", 32, 1, -2.5),
+    Task("logreg adagrad b64 3ep", (), False, "adagrad", 64, 3, -3.0),
+    Task("mlp64 momentum b128 5ep", (64,), False, "momentum", 128, 5, -3.0),
+    Task("mlp64 nesterov b64 2ep", (64,), False, "nesterov", 64, 2, -3.0),
+    Task("mlp64+bn momentum b128 3ep", (64,), True, "momentum", 128, 3, -2.5),
+    Task("mlp128 rmsprop b64 2ep", (128,), False, "rmsprop", 64, 2, -4.5),
+    Task("mlp128-64 adam b256 10ep", (128, 64), False, "adam", 256, 10, -4.5),
+    Task("mlp64-64+bn adam b32 1ep", (64, 64), True, "adam", 32, 1, -4.5),
+    Task("mlp512-512 momentum b128 1ep", (512, 512), False, "momentum", 128, 1, -3.0),
+)
+"""The suite: SGD without momentum, with momentum 0.9, Nesterov, Adagrad, RMSProp and Adam;
+logistic regression up to the lecture's 784-512-512-10 MLP; with and without BatchNorm;
+batch sizes 32 to 256; budgets of 1 to 10 epochs."""
+
+QUICK_TASKS: tuple[Task, ...] = (
+    Task("logreg sgd b32 1ep", (), False, "sgd", 32, 1, -2.5),
+    Task("mlp32 momentum b64 2ep", (32,), False, "momentum", 64, 2, -3.0),
+    Task("logreg adam b64 2ep", (), False, "adam", 64, 2, -4.0),
+)
+
+
+def _flat(ds: ldata.Dataset) -> tuple[np.ndarray, ...]:
+    flat = lambda x: np.asarray(x, np.float32).reshape(len(x), -1)
+    return (flat(ds.x_train), np.asarray(ds.y_train, np.int32), flat(ds.x_test),
+            np.asarray(ds.y_test, np.int32))
+
+
+def _range_tests(task: Task, model: Any, x: np.ndarray, y: np.ndarray,
+                 num_steps: Sequence[int], seeds: int) -> dict[int, lr_finder.LRRangeTestResult]:
+    """Range tests of ``task`` at each resolution, ``seeds`` seeds each (one program each)."""
+    order = train.batch_order(0, 0, len(x), task.batch_size)  # fit(seed=0)'s first epoch
+    batches = {"x": jnp.asarray(x[order]), "y": jnp.asarray(y[order])}
+    x1 = jnp.asarray(x[:1])
+    init = lambda key: model.init(key, x1, train=False)
+
+    def ce(logits, labels):
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    if task.batch_norm:
+        def loss_fn(variables, state, batch):
+            logits, upd = model.apply({"params": variables["params"], **state}, batch["x"],
+                                      train=True, mutable=["batch_stats"])
+            return ce(logits, batch["y"]), upd
+
+        params = lambda key: {"params": init(key)["params"]}
+        state = {"batch_stats": init(jax.random.key(0))["batch_stats"]}
+    else:
+        def loss_fn(variables, batch):
+            return ce(model.apply(variables, batch["x"], train=False), batch["y"])
+
+        params, state = init, None
+    out = {}
+    for n in num_steps:
+        out[n] = lr_finder.lr_range_test(loss_fn, params, batches, OPTIMIZERS[task.opt],
+                                         min_lr=MIN_LR, max_lr=MAX_LR, num_steps=int(n),
+                                         model_state=state, seeds=seeds)
+    return out
+
+
+def _grid_and_rates(task: Task, model: Any, data: tuple, grid_size: int,
+                    extra: Sequence[float]) -> tuple[lr_finder.GridSearchResult, dict]:
+    """Grid search a quarter-decade apart from ``10**grid_lo`` (``grid_size`` rates), plus
+    the ``extra`` rates trained the same way in the same sweep (one compiled program); the
+    grid is extended by 4 rates (at most 3 times) while its best sits at an end. Returns the
+    grid (its best over the grid rates only) and ``{extra rate: final loss}``."""
+    grid_rates = list(10.0 ** (task.grid_lo + 0.25 * np.arange(grid_size)))
+    extra = [float(r) for r in extra]
+    factory = OPTIMIZERS[task.opt]
+    kw = dict(epochs=task.epochs, batch_size=task.batch_size, seed=0, strategy="vmap")
+    final, test_error = lr_finder.train_at_rates(model, factory, data, grid_rates + extra, **kw)
+    g = len(grid_rates)
+    rates, g_final, g_err = np.asarray(grid_rates), final[:g], test_error[:g]
+    at_extra = dict(zip(extra, final[g:]))
+    for _ in range(3):
+        best = int(np.argmin(g_final))
+        if 0 < best < len(rates) - 1:
+            break
+        lo, hi = np.log10(rates[0]), np.log10(rates[-1])
+        more = lo - 0.25 * np.arange(4, 0, -1) if best == 0 else hi + 0.25 * np.arange(1, 5)
+        f2, e2 = lr_finder.train_at_rates(model, factory, data, 10.0**more, **kw)
+        rates = np.concatenate([rates, 10.0**more])
+        idx = np.argsort(rates)
+        rates, g_final = rates[idx], np.concatenate([g_final, f2])[idx]
+        g_err = np.concatenate([g_err, e2])[idx]
+    b = int(np.argmin(g_final))
+    grid = lr_finder.GridSearchResult(rates, g_final, g_err, float(rates[b]), float(g_final[b]),
+                                      task.epochs, task.batch_size, 0, model, factory, data,
+                                      "vmap")
+    return grid, at_extra
+
+
+def run_task(task: Task, num_steps: Sequence[int] = (100, 400, 1000), seeds: int = SEEDS,
+             grid_size: int = 15, ds: ldata.Dataset | None = None) -> dict[str, Any]:
+    """Everything measured for one task: range tests, grid, and each rule's exact-rate loss."""
+    ds = ds if ds is not None else ldata.load("mnist-5k")
+    x, y, xt, yt = _flat(ds)
+    data = (x, y, xt, yt)
+    model = lnn.MLP(features=task.features, batch_norm=task.batch_norm)
+    t0 = time.perf_counter()
+    tests = _range_tests(task, model, x, y, num_steps, seeds)
+    t1 = time.perf_counter()
+    rates = sorted({r for res in tests.values() for r in res.suggestions.values()
+                    if math.isfinite(r) and r > 0})
+    grid, loss_at = _grid_and_rates(task, model, data, grid_size, rates)
+    t2 = time.perf_counter()
+    rows = []
+    for n, res in tests.items():
+        for rule, rate in res.suggestions.items():
+            loss = loss_at.get(rate, math.nan)
+            rows.append({
+                "task": task.name, "num_steps": n, "rule": rule, "rate": rate,
+                "spread": res.spread[rule], "final_loss": float(loss),
+                "regret": float(loss / grid.best_loss) if math.isfinite(rate) else math.nan,
+                "grid_best_rate": grid.best_rate, "grid_best_loss": grid.best_loss,
+            })
+    return {"task": task, "rows": rows, "grid": grid, "tests": tests,
+            "seconds": {"range tests": t1 - t0, "grid and exact rates": t2 - t1}}
+
+
+def run(quick: bool = False, num_steps: Sequence[int] = (100, 400, 1000),
+        tasks: Sequence[Task] | None = None, seeds: int = SEEDS,
+        progress: Callable[[str], None] | None = None, keep: list | None = None
+        ) -> list[dict[str, Any]]:
+    """The whole suite; returns one row per (task, resolution, rule).
+
+    Args:
+      quick: :data:`QUICK_TASKS` at 100 and 400 steps with a 13-rate grid (for ``make test``).
+      num_steps: the resolutions (ignored when ``quick``).
+      tasks: the tasks (default :data:`TASKS`, or :data:`QUICK_TASKS` when ``quick``).
+      seeds: range-test seeds per resolution.
+      progress: called with a line per finished task (e.g. ``print``).
+      keep: if a list, each task's full record (grid, range tests, timings) is appended.
+
+    Returns:
+      Rows ``{"task", "num_steps", "rule", "rate", "spread", "final_loss", "regret",
+      "grid_best_rate", "grid_best_loss"}``.
+    """
+    if quick:
+        tasks, num_steps, grid_size = tasks or QUICK_TASKS, (100, 400), 13
+    else:
+        tasks, grid_size = tasks or TASKS, 15
+    ds = ldata.load("mnist-5k")
+    rows = []
+    for task in tasks:
+        rec = run_task(task, num_steps, seeds, grid_size, ds)
+        rows += rec["rows"]
+        if keep is not None:
+            keep.append(rec)
+        if progress is not None:
+            secs = ", ".join(f"{k} {v:.1f} s" for k, v in rec["seconds"].items())
+            progress(f"{task.name}: grid best {rec['grid'].best_rate:.3g} "
+                     f"(loss {rec['grid'].best_loss:.4f}); {secs}")
+    return rows
+
+
+def summary(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per rule: ``hit_rate`` (share of (task, resolution) with regret <= 1.25),
+    ``worst_regret``, ``median_regret``, ``diverged`` (count), and ``resolution_move``: the
+    median over tasks of max/min of the suggestion across the resolutions."""
+    out = {}
+    for rule in dict.fromkeys(r["rule"] for r in rows):
+        mine = [r for r in rows if r["rule"] == rule]
+        reg = np.asarray([r["regret"] if math.isfinite(r["rate"]) else math.inf for r in mine])
+        moves = []
+        for task in dict.fromkeys(r["task"] for r in mine):
+            rates = np.asarray([r["rate"] for r in mine if r["task"] == task])
+            moves.append(rates.max() / rates.min() if np.all(np.isfinite(rates)) else math.inf)
+        out[rule] = {"hit_rate": float(np.mean(reg <= HIT)),
+                     "within_2x": float(np.mean(reg <= 2.0)),
+                     "median_regret": float(np.median(reg)),
+                     "worst_regret": float(np.max(reg)),
+                     "diverged": int(np.sum(~np.isfinite(reg))),
+                     "resolution_move": float(np.median(moves))}
+    return out
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows as text: per task and resolution, each rule's rate and regret."""
+    rules = list(dict.fromkeys(r["rule"] for r in rows))
+    lines = ["task | steps | grid best (loss) | " + " | ".join(rules)]
+    keys = list(dict.fromkeys((r["task"], r["num_steps"]) for r in rows))
+    for task, n in keys:
+        sel = {r["rule"]: r for r in rows if r["task"] == task and r["num_steps"] == n}
+        first = next(iter(sel.values()))
+        cells = [f"{sel[k]['rate']:.2g}: {sel[k]['regret']:.2f}x" for k in rules]
+        lines.append(f"{task} | {n} | {first['grid_best_rate']:.3g} "
+                     f"({first['grid_best_loss']:.4f}) | " + " | ".join(cells))
+    s = summary(rows)
+    lines.append("")
+    lines.append("rule | hit rate (regret <= 1.25) | within 2x | median regret | worst | "
+                 "diverged | resolution move (median max/min)")
+    for rule, v in s.items():
+        lines.append(f"{rule} | {v['hit_rate']:.0%} | {v['within_2x']:.0%} | "
+                     f"{v['median_regret']:.3f} | {v['worst_regret']:.3g} | {v['diverged']} | "
+                     f"{v['resolution_move']:.2f}x")
+    return "\n".join(lines)
+
+
+def plot(rows: Sequence[dict[str, Any]]) -> Any:
+    """Regret of every rule on every (task, resolution), log scale, the 1.25x line marked.
+
+    Returns:
+      The matplotlib ``Figure``.
+    """
+    import matplotlib.pyplot as plt
+
+    rules = list(dict.fromkeys(r["rule"] for r in rows))
+    keys = list(dict.fromkeys((r["task"], r["num_steps"]) for r in rows))
+    fig, ax = plt.subplots(figsize=(12, 5))
+    width = 0.8 / len(rules)
+    cap = 20.0
+    for j, rule in enumerate(rules):
+        vals = []
+        for task, n in keys:
+            r = next(r for r in rows if r["task"] == task and r["num_steps"] == n
+                     and r["rule"] == rule)
+            v = r["regret"] if math.isfinite(r["rate"]) else math.inf
+            vals.append(min(v, cap) if not math.isnan(v) else cap)
+        ax.bar(np.arange(len(keys)) + (j - len(rules) / 2 + 0.5) * width, vals, width,
+               label=rule, color=f"C{j}")
+    ax.axhline(HIT, color="k", ls="--", lw=1, label=f"regret {HIT}")
+    ax.set_yscale("log")
+    ax.set_ylim(0.9, cap * 1.1)
+    ax.set_xticks(np.arange(len(keys)))
+    ax.set_xticklabels([f"{t}\n{n} steps" for t, n in keys], rotation=90, fontsize="x-small")
+    ax.set_ylabel(f"regret: final loss / grid-best loss (log, capped at {cap:g})")
+    ax.set_xlabel("task and range-test resolution")
+    ax.set_title("Range-test suggestions judged by grid search (mnist-5k)")
+    ax.legend(fontsize="x-small", ncol=3)
+    fig.tight_layout()
+    return fig
+
+
+def records_to_numpy(keep: Sequence[dict]) -> list[dict]:
+    """The kept records as plain NumPy (curves of every resolution, the grid), for saving."""
+    out = []
+    for rec in keep:
+        g = rec["grid"]
+        out.append({
+            "task": dataclasses.asdict(rec["task"]),
+            "grid": {"rates": g.rates, "final_loss": g.final_loss, "test_error": g.test_error},
+            "tests": {n: {k: np.asarray(getattr(res, k)) for k in
+                          ("learning_rates", "losses", "smoothed_losses", "stopped_at",
+                           "diverged")} for n, res in rec["tests"].items()},
+            "seconds": rec["seconds"]})
+    return out
+
+
+if __name__ == "__main__":
+    import pickle
+    import sys
+
+    quick = "--quick" in sys.argv
+    t0 = time.perf_counter()
+    kept: list = []
+    out = run(quick=quick, progress=print, keep=kept)
+    if "--save" in sys.argv:
+        with open(sys.argv[sys.argv.index("--save") + 1], "wb") as f:
+            pickle.dump({"rows": out, "records": records_to_numpy(kept)}, f)
+    print(format_table(out))
+    print(f"wall time {time.perf_counter() - t0:.0f} s on {jax.devices()[0].device_kind}")
