@@ -680,7 +680,7 @@ def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
         f(t) = f_i(t - b_i)   for b_i <= t < b_{i+1},   b_0 = 0, b_n = infinity
 
     as ``optax.join_schedules``, but a pytree of all the pieces' numbers (a new value, or pieces
-    reordered among the same kinds, runs through the program already compiled; ``vmap`` maps over
+    of one kind in another order, runs through the program already compiled; ``vmap`` maps over
     a batch of joined schedules) and with one piece evaluated per step: the piece is found by a
     binary search over the boundaries (``jnp.searchsorted``) and pieces of the same kind (the same
     factory) are stored as one schedule whose numbers are stacked, so the chosen piece's numbers
@@ -858,7 +858,8 @@ def one_cycle(
         fastai's two phases.
 
     Returns:
-      The schedule; ``f(0) == a_0`` and ``f(T - 1) == a_min`` exactly.
+      The schedule; ``f(0) == a_0`` and ``f(T - 1) == a_min``: the annealing adds no rounding
+      at the phases' ends.
 
     Example:
       >>> f = lecopt.schedules.one_cycle(0.1, 100)
