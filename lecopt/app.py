@@ -22,6 +22,7 @@ import errno
 import importlib.util
 import json
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -75,7 +76,9 @@ def _kernel_of_this_interpreter() -> Iterator[str]:
         spec = Path(root) / "kernels" / "python3"
         spec.mkdir(parents=True)
         (spec / "kernel.json").write_text(json.dumps({
-            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            # Loopback TCP: ipykernel's notice about unencrypted transport is noise here.
+            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
+                     "--IPKernelApp.log_level=ERROR"],
             "display_name": "Python 3 (lecopt app)",
             "language": "python",
         }))
@@ -104,23 +107,33 @@ def serve(port: int | None = None, host: str = "127.0.0.1", open_browser: bool =
               "--port out to take a free one", file=sys.stderr)
         return 1
     shown = f"[{host}]" if ":" in host else host
-    print(f"lecopt app: the lecture's explorers at http://{shown}:{port}/ (Ctrl-C stops)",
-          flush=True)
+    url = f"http://{shown}:{port}/"
 
-    from voila.app import Voila  # noqa: PLC0415 - the optional extra
+    import tornado.ioloop  # noqa: PLC0415 - with the optional extra
+    from voila.app import Voila  # noqa: PLC0415
 
     with _kernel_of_this_interpreter() as jupyter_dir:
         env = {"JUPYTER_PATH": os.pathsep.join(
             [jupyter_dir, *filter(None, [os.environ.get("JUPYTER_PATH")])])}
         with _environ(env, drop=("MPLBACKEND",)):  # the kernel inherits it: inline figures
             app = Voila()
-            # Voila stops on SIGINT (KeyboardInterrupt) and on SIGTERM (its own handler), then
-            # shuts down every kernel it started. port_retries=0: the port checked above or
-            # an error, never a silent other one.
+            # port_retries=0: the port checked above or an error, never a silent other one.
+            # Kernels of pages closed without saying so (no unload beacon) go after 10 idle
+            # minutes; a connected page's kernel stays.
             app.initialize([str(NOTEBOOK), f"--port={port}", f"--Voila.ip={host}",
                             "--Voila.port_retries=0",
                             "--Voila.open_browser=" + str(bool(open_browser)),
-                            "--theme=light", "--Application.log_level=WARN"])
+                            "--theme=light", "--Application.log_level=ERROR",
+                            "--MappingKernelManager.cull_idle_timeout=600",
+                            "--MappingKernelManager.cull_interval=60"])
+            loop = tornado.ioloop.IOLoop.current()
+            # Said once the server listens: the loop runs this first when it starts.
+            loop.add_callback(print, f"lecopt app: the lecture's explorers at {url} "
+                                     "(Ctrl-C stops)", flush=True)
+            # Ctrl-C and SIGTERM stop the loop; Voila then shuts down every kernel it started.
+            # (Also where SIGINT came ignored, as in a shell's background job.)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.asyncio_loop.add_signal_handler(sig, loop.stop)
             try:
                 app.start()
             except SystemExit as e:  # Voila's own exit(1) when the port was taken meanwhile

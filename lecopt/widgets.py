@@ -269,7 +269,9 @@ class Panel:
         import ipywidgets as W
 
         self._widgets = {k: c.make_widget(k) for k, c in self._controls.items()}
-        self._image = W.Image(value=self.png, format="png")
+        # At its own size (not stretched to the page's width), shrunk only to fit.
+        self._image = W.Image(value=self.png, format="png",
+                              layout=W.Layout(align_self="flex-start", max_width="100%"))
         self._status = W.HTML()
         for name, w in self._widgets.items():
             w.observe(lambda change, name=name: self._changed(name, change["new"]), names="value")
