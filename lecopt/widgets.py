@@ -650,6 +650,9 @@ def explore_schedules(kind: str = "triangular2", *, interactive: bool | None = N
 
     Returns:
       A :class:`Panel` drawing :func:`draw_schedule`.
+
+    Example:
+      >>> widgets.explore_schedules("sgdr")  # in a notebook, or on the page of `lecopt app`
     """
     return show(draw_schedule, {
         "kind": dropdown(list(SCHEDULES), kind, label="schedule"),
@@ -744,6 +747,9 @@ def explore_batchnorm_offset(noise: Any = None, *, interactive: bool | None = No
 
     Returns:
       A :class:`Panel` drawing :func:`draw_batchnorm_offset`.
+
+    Example:
+      >>> widgets.explore_batchnorm_offset()  # in a notebook, or on the page of `lecopt app`
     """
     if noise is None:
         noise = np.random.default_rng(0).standard_normal((256, 16)).astype(np.float32)

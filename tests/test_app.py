@@ -344,3 +344,14 @@ def test_batchnorm_offset_slider_moves_the_offset():
     marker = panel.figure.axes[1].lines[-1]
     assert marker.get_xdata()[0] == pytest.approx(1e4)
     assert panel.figure.axes[0].get_title().startswith("Offset c = 1e+04")
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: widgets.draw_schedule("step_decay", 1e-3, 6e-3, 200), "kind='step_decay'"),
+    (lambda: widgets.explore_schedules("step_decay"), "value='step_decay'"),
+    (lambda: widgets.buttons(["a", "b"], "z"), "value='z'"),
+    (lambda: widgets.buttons([]), "options must not be empty"),
+])
+def test_explorer_arguments_are_checked(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
