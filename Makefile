@@ -3,12 +3,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test reproduce figures bench notebooks lint clean
+.PHONY: test reproduce figures bench notebooks app lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,app]'
 	@touch $(STAMP)
 
 lint: $(STAMP)
@@ -34,6 +34,10 @@ bench: $(STAMP)
 notebooks: $(STAMP)
 	$(PY) -m pip install -q -e '.[notebooks]'
 	$(VENV)/bin/jupyter lab notebooks
+
+# The lecture's explorers as a web page (Voila), http://127.0.0.1:8866/ by default.
+app: $(STAMP)
+	$(PY) -m lecopt app
 
 clean:
 	rm -rf $(VENV) results results-quick .pytest_cache

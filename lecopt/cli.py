@@ -1,4 +1,4 @@
-"""The ``lecopt`` command: ``reproduce``, ``train``, ``lr-find`` and ``bench``.
+"""The ``lecopt`` command: ``reproduce``, ``train``, ``lr-find``, ``bench`` and ``app``.
 
 Every bad option gives one line naming the option and what is allowed, and argparse's exit
 code 2; never a traceback.
@@ -247,6 +247,12 @@ def _cmd_reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         parser.error(str(e))
 
 
+def _cmd_app(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from lecopt import app  # noqa: PLC0415
+
+    return app.run(args)
+
+
 # --------------------------------------------------------------------------------------------
 # Parser.
 
@@ -327,6 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated sections: updates, lr, nn, train")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     p.set_defaults(func=_cmd_bench)
+
+    from lecopt import app  # noqa: PLC0415 - stdlib only; the server loads when it starts
+
+    p = sub.add_parser("app", help="serve the lecture's explorers as a web page (lecopt[app])")
+    app.add_arguments(p)
+    p.set_defaults(func=_cmd_app)
     return parser
 
 

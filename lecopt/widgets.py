@@ -12,8 +12,13 @@ controls (sliders, dropdowns); moving a control redraws the figure. It degrades 
 - Without ipywidgets, or with ``interactive=False`` or the environment variable
   ``LECOPT_WIDGETS=0``, it is a plain static figure.
 
-:func:`explore_paths` is the path explorer of the lecture's app: test function, start point,
-learning rate, momentum and optimizers; the optimization paths redraw.
+The explorers of the lecture's app (notebooks 01-04, and the page that ``lecopt app`` serves):
+
+- :func:`explore_paths`: test function, start point, learning rate, momentum and optimizers;
+  the optimization paths redraw. Its :data:`EXAMPLES` buttons load the lecture's predefined
+  examples (momentum escaping Styblinski-Tang's local minimum, the ravine, the saddle race).
+- :func:`explore_schedules`: a learning-rate schedule and its parameters.
+- :func:`explore_batchnorm_offset`: BatchNorm's batch variance against an offset of the inputs.
 
 Example:
   >>> from lecopt import widgets
@@ -26,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import math
 import os
@@ -35,7 +41,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from lecopt import landscapes, registry
+from lecopt import landscapes, registry, schedules
 
 __all__ = [
     "Control",
@@ -45,13 +51,20 @@ __all__ = [
     "int_slider",
     "dropdown",
     "select_multiple",
+    "buttons",
     "show",
     "widgets_available",
     "figure_png",
     "OPTIMIZERS",
     "make_optimizer",
+    "EXAMPLES",
     "draw_paths",
     "explore_paths",
+    "SCHEDULES",
+    "draw_schedule",
+    "explore_schedules",
+    "draw_batchnorm_offset",
+    "explore_batchnorm_offset",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -63,7 +76,8 @@ class Control:
     """A control's description, independent of ipywidgets (so static mode needs no widgets).
 
     Attributes:
-      kind: ``"float"``, ``"log"`` (log-scale float), ``"int"``, ``"choice"`` or ``"multi"``.
+      kind: ``"float"``, ``"log"`` (log-scale float), ``"int"``, ``"choice"``, ``"multi"`` or
+        ``"buttons"`` (a row of toggle buttons, one of them selected).
       value: the initial value (a tuple for ``"multi"``).
       lo, hi, step: the slider's range and step (for ``"log"``: the values, not exponents).
       options: ``(label, value)`` pairs of a dropdown or multiple selection.
@@ -100,6 +114,11 @@ class Control:
         if self.kind == "multi":
             return W.SelectMultiple(options=list(self.options), value=tuple(self.value),
                                     rows=min(len(self.options), 6), **common)
+        if self.kind == "buttons":
+            # A whole row above the grid of sliders: the labels are sentences.
+            return W.ToggleButtons(options=list(self.options), value=self.value,
+                                   description=self.label or name,
+                                   style={"description_width": "initial", "button_width": "auto"})
         raise ValueError(f"kind={self.kind!r} is not a known control kind")
 
 
@@ -163,6 +182,18 @@ def select_multiple(options: Sequence[Any] | Mapping[str, Any], value: Sequence[
     return Control("multi", tuple(value), options=pairs, label=label)
 
 
+def buttons(options: Sequence[Any] | Mapping[str, Any], value: Any = None, *,
+            label: str | None = None) -> Control:
+    """A row of toggle buttons (one click chooses); ``value=None``: none selected yet."""
+    pairs = _pairs(options)
+    if not pairs:
+        raise ValueError("buttons: options must not be empty")
+    if value is not None and value not in [v for _, v in pairs]:
+        raise ValueError(f"buttons: value={value!r} is not one of the options "
+                         f"{[v for _, v in pairs]!r}")
+    return Control("buttons", value, options=pairs, label=label)
+
+
 # --------------------------------------------------------------------------------------------
 # Panel
 
@@ -199,6 +230,8 @@ class Panel:
     Attributes:
       values: the current control values.
       png: the PNG bytes of the figure currently shown.
+      figure: the matplotlib Figure currently shown (closed to pyplot; its artists hold the
+        data drawn, e.g. ``figure.axes[0].lines``).
       widget: the ipywidgets container, or None in static mode.
     """
 
@@ -230,19 +263,25 @@ class Panel:
     # The figure --------------------------------------------------------------------------------
 
     def _render(self) -> bytes:
-        return figure_png(self._draw(**self.values), dpi=self._dpi)
+        figure = self._draw(**self.values)
+        png = figure_png(figure, dpi=self._dpi)
+        self.figure = figure
+        return png
 
     def _build(self) -> Any:
         import ipywidgets as W
 
         self._widgets = {k: c.make_widget(k) for k, c in self._controls.items()}
-        self._image = W.Image(value=self.png, format="png")
+        # At its own size (not stretched to the page's width), shrunk only to fit.
+        self._image = W.Image(value=self.png, format="png",
+                              layout=W.Layout(align_self="flex-start", max_width="100%"))
         self._status = W.HTML()
         for name, w in self._widgets.items():
             w.observe(lambda change, name=name: self._changed(name, change["new"]), names="value")
-        controls = W.GridBox(list(self._widgets.values()),
-                             layout=W.Layout(grid_template_columns="repeat(3, 330px)"))
-        return W.VBox([controls, self._status, self._image])
+        rows = [w for k, w in self._widgets.items() if self._controls[k].kind == "buttons"]
+        grid = [w for k, w in self._widgets.items() if self._controls[k].kind != "buttons"]
+        controls = W.GridBox(grid, layout=W.Layout(grid_template_columns="repeat(3, 330px)"))
+        return W.VBox([*rows, controls, self._status, self._image])
 
     def _changed(self, name: str, value: Any) -> None:
         self.values[name] = value
@@ -423,7 +462,7 @@ def draw_paths(
         note = "diverged" if not finite.all() or np.any(np.abs(end) > 1e6) else (
             f"end ({end[0]:.3g}, {end[1]:.3g})")
         ax.plot(shown[:, 0], shown[:, 1], "o-", ms=2.5, lw=1.2, color=_COLORS.get(name),
-                zorder=4)
+                zorder=4, gid=f"path:{name}")  # gid: tests find each optimizer's path
         # float32 reaches f* exactly; a floor keeps those points on the log axis.
         ax_loss.plot(np.arange(len(losses)), np.where(finite, np.maximum(losses, 1e-12), np.nan),
                      color=_COLORS.get(name), label=f"{label}: {note}")
@@ -440,6 +479,33 @@ def draw_paths(
     return fig
 
 
+EXAMPLES: Mapping[str, tuple[str, Mapping[str, Any]]] = {
+    "escape": ("Styblinski-Tang: momentum escapes the local minimum",
+               {"landscape": "styblinski_tang", "optimizers": ("gd", "momentum")}),
+    "ravine": ("the ravine: momentum damps the zig-zag",
+               {"landscape": "quadratic", "optimizers": ("gd", "momentum")}),
+    "saddle": ("the saddle race", {"landscape": "saddle",
+                                   "optimizers": ("gd", "momentum", "adagrad", "rmsprop", "adam")}),
+    "rosenbrock": ("Rosenbrock's valley",
+                   {"landscape": "rosenbrock", "optimizers": ("gd", "momentum", "adam")}),
+}
+"""The lecture's predefined examples of :func:`explore_paths`: key -> (label, settings).
+
+The settings name a test function and the optimizers drawn; start point, learning rate,
+momentum and steps are the test function's ``suggested`` ones (see
+:data:`lecopt.landscapes.LANDSCAPES`): e.g. on Styblinski-Tang ``sgd(0.01)`` stays in the local
+minimum while ``sgd(0.01, momentum=0.9)`` reaches the global one; in the saddle race every
+optimizer runs at ``alpha = 0.05``.
+"""
+
+
+def _suggested_settings(landscape: str) -> dict[str, Any]:
+    sug = landscapes.LANDSCAPES[landscape].suggested
+    return {"x1": float(sug["x0"][0]), "x2": float(sug["x0"][1]),
+            "learning_rate": float(sug["learning_rate"]), "momentum": float(sug["momentum"]),
+            "num_steps": int(sug["num_steps"])}
+
+
 def explore_paths(
     landscape: str = "styblinski_tang",
     optimizers: Sequence[str] = ("gd", "momentum"),
@@ -448,23 +514,28 @@ def explore_paths(
     learning_rate: float | None = None,
     momentum: float | None = None,
     num_steps: int | None = None,
+    examples: bool = True,
     interactive: bool | None = None,
 ) -> Panel:
     """The lecture's app: optimizer paths on a test function, with controls that redraw them.
 
-    Controls: test function (quadratic ravine, Styblinski-Tang, saddle, Rosenbrock), start
-    point, learning rate, momentum, number of steps and the optimizers drawn. Choosing another
-    test function moves the start point, rate, momentum and steps to its suggested settings.
-    Without a widget frontend the output is the static figure of the initial settings.
+    Controls: the lecture's examples (:data:`EXAMPLES`, one click each), test function
+    (quadratic ravine, Styblinski-Tang, saddle, Rosenbrock), start point, learning rate,
+    momentum, number of steps and the optimizers drawn. Choosing another test function moves the
+    start point, rate, momentum and steps to its suggested settings; an example also chooses the
+    optimizers. Without a widget frontend the output is the static figure of the initial
+    settings.
 
     Args:
       landscape: initial test function, a key of :data:`lecopt.landscapes.LANDSCAPES`.
       optimizers: initial optimizers, keys of :data:`OPTIMIZERS`.
       x0, learning_rate, momentum, num_steps: initial settings (default: the suggested ones).
+      examples: whether to show the buttons of :data:`EXAMPLES` above the controls.
       interactive: see :func:`show`.
 
     Returns:
-      A :class:`Panel`.
+      A :class:`Panel`; the path of optimizer ``name`` is the line with gid ``"path:name"`` in
+      ``panel.figure.axes[0]``.
     """
     if landscape not in landscapes.LANDSCAPES:
         raise ValueError(f"landscape={landscape!r} is unknown; choose from "
@@ -477,6 +548,8 @@ def explore_paths(
     x0 = tuple(s["x0"]) if x0 is None else tuple(x0)
     (x_lo, x_hi), (y_lo, y_hi) = record.window
     controls = {
+        "example": buttons({label: key for key, (label, _) in EXAMPLES.items()},
+                           _matching_example(landscape, optimizers), label="lecture's examples"),
         "landscape": dropdown({"quadratic ravine": "quadratic",
                                "Styblinski-Tang": "styblinski_tang",
                                "saddle": "saddle", "Rosenbrock": "rosenbrock"}, landscape,
@@ -493,19 +566,208 @@ def explore_paths(
                                 label="steps"),
     }
 
-    def draw(landscape, optimizers, learning_rate, x1, x2, momentum, num_steps):
+    if not examples:
+        del controls["example"]
+
+    def draw(landscape, optimizers, learning_rate, x1, x2, momentum, num_steps, example=None):
         return draw_paths(landscape, optimizers, (x1, x2), learning_rate, momentum, num_steps)
 
-    def on_change(name: str, value: Any, panel: Panel) -> None:
-        if name != "landscape":
-            return
-        new = landscapes.LANDSCAPES[value]
-        (a_lo, a_hi), (b_lo, b_hi) = new.window
+    def load(panel: Panel, landscape: str, **settings: Any) -> None:
+        (a_lo, a_hi), (b_lo, b_hi) = landscapes.LANDSCAPES[landscape].window
         panel.set_range("x1", a_lo, a_hi)
         panel.set_range("x2", b_lo, b_hi)
-        sug = new.suggested
-        panel.set(x1=float(sug["x0"][0]), x2=float(sug["x0"][1]),
-                  learning_rate=float(sug["learning_rate"]), momentum=float(sug["momentum"]),
-                  num_steps=int(sug["num_steps"]))
+        panel.set(landscape=landscape, **_suggested_settings(landscape), **settings)
+
+    def on_change(name: str, value: Any, panel: Panel) -> None:
+        if name == "example":
+            if value is not None:
+                load(panel, **EXAMPLES[value][1])
+            return
+        if name == "landscape":
+            load(panel, value)
+        if examples:
+            # Moved away from the example: its button can be clicked again to reload it.
+            panel.set(example=None)
 
     return show(draw, controls, interactive=interactive, on_change=on_change)
+
+
+def _matching_example(landscape: str, optimizers: Sequence[str]) -> str | None:
+    for key, (_, settings) in EXAMPLES.items():
+        if settings["landscape"] == landscape and tuple(settings["optimizers"]) == tuple(
+                optimizers):
+            return key
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# The schedule explorer
+
+SCHEDULES: Mapping[str, Callable[..., Any]] = {
+    "linear_decay": lambda base_lr, max_lr, step_size, **_: schedules.linear_decay(
+        max_lr, base_lr, step_size),
+    "triangular": lambda base_lr, max_lr, step_size, **_: schedules.triangular(
+        base_lr, max_lr, step_size),
+    "triangular2": lambda base_lr, max_lr, step_size, **_: schedules.triangular2(
+        base_lr, max_lr, step_size),
+    "exp_range": lambda base_lr, max_lr, step_size, gamma, **_: schedules.exp_range(
+        base_lr, max_lr, step_size, gamma),
+    "cosine_annealing": lambda base_lr, max_lr, step_size, **_: schedules.cosine_annealing(
+        max_lr, base_lr, step_size),
+    "sgdr": lambda base_lr, max_lr, step_size, period_mult, max_lr_decay, **_: schedules.sgdr(
+        max_lr, base_lr, step_size, period_mult, max_lr_decay),
+}
+"""Name -> ``make(base_lr, max_lr, step_size, gamma, period_mult, max_lr_decay)``: the schedules
+of :mod:`lecopt.schedules` with the explorer's parameters (``base_lr`` is the floor, ``max_lr``
+the peak, ``step_size`` the half-cycle, the decay length or the first period)."""
+
+
+def draw_schedule(kind: str, base_lr: float, max_lr: float, step_size: int, gamma: float = 0.999,
+                  period_mult: int = 2, max_lr_decay: float = 1.0,
+                  num_steps: int = 2000) -> Any:
+    """The learning rate ``alpha_t`` of schedule ``kind`` (a key of :data:`SCHEDULES`)."""
+    import matplotlib.pyplot as plt
+
+    if kind not in SCHEDULES:
+        raise ValueError(f"kind={kind!r} is not a known schedule; choose from {sorted(SCHEDULES)}")
+    schedule = SCHEDULES[kind](base_lr=base_lr, max_lr=max_lr, step_size=step_size, gamma=gamma,
+                               period_mult=period_mult, max_lr_decay=max_lr_decay)
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    schedules.plot(schedule, num_steps, ax=ax)
+    ax.set_title(f"{kind}: base_lr = {base_lr:.3g}, max_lr = {max_lr:.3g}, "
+                 f"step_size = {step_size}")
+    return fig
+
+
+def explore_schedules(kind: str = "triangular2", *, interactive: bool | None = None) -> Panel:
+    """The schedule explorer: a schedule of :data:`SCHEDULES` and its parameters.
+
+    Args:
+      kind: the schedule shown first.
+      interactive: see :func:`show`.
+
+    Returns:
+      A :class:`Panel` drawing :func:`draw_schedule`.
+
+    Example:
+      >>> widgets.explore_schedules("sgdr")  # in a notebook, or on the page of `lecopt app`
+    """
+    return show(draw_schedule, {
+        "kind": dropdown(list(SCHEDULES), kind, label="schedule"),
+        "base_lr": log_slider(1e-5, 1.0, 1e-3, label="base_lr (floor)"),
+        "max_lr": log_slider(1e-5, 1.0, 6e-3, label="max_lr (peak)"),
+        "step_size": int_slider(10, 2000, 200, 10, label="step_size / tau / T_0"),
+        "gamma": slider(0.99, 1.0, 0.999, 0.0005, label="gamma (exp_range)"),
+        "period_mult": int_slider(1, 3, 2, label="period_mult (sgdr)"),
+        "max_lr_decay": slider(0.1, 1.0, 1.0, 0.05, label="max_lr_decay (sgdr)"),
+        "num_steps": int_slider(100, 10000, 2000, 100, label="steps shown"),
+    }, interactive=interactive)
+
+
+# --------------------------------------------------------------------------------------------
+# The BatchNorm offset explorer
+
+
+@functools.lru_cache(maxsize=16)
+def _batch_variance(module: Any) -> Callable[[Any], Any]:
+    """The jitted batch variance and output of ``module`` (cached: a redraw does not recompile;
+    Flax modules compare and hash by their fields)."""
+
+    @jax.jit
+    def batch_variance(x):
+        # With momentum 0 the stored running variance is the batch variance itself.
+        variables = module.init(jax.random.key(0), x, use_running_average=False)
+        y, updates = module.apply(variables, x, use_running_average=False,
+                                  mutable=["batch_stats"])
+        return updates["batch_stats"]["var"], y
+    return batch_variance
+
+
+def _batchnorm_modules(epsilon: float) -> dict[str, Any]:
+    import flax.linen as flax_nn
+
+    from lecopt import nn
+
+    return {"Flax (fast variance)": flax_nn.BatchNorm(momentum=0.0, epsilon=epsilon),
+            "lecopt": nn.BatchNorm(momentum=0.0, epsilon=epsilon)}
+
+
+def draw_batchnorm_offset(offset: float, epsilon: float, noise: Any,
+                          curves: Mapping[str, Sequence[float]] | None = None,
+                          offsets: Sequence[float] | None = None) -> Any:
+    """BatchNorm on ``offset + noise`` in float32: Flax's fast variance against lecopt's.
+
+    Left: the standard deviation of each unit's normalized output (ideal
+    ``sigma_j / sqrt(sigma_j^2 + epsilon)``, about 1). Right (when given): ``curves``, the
+    relative error of the batch variance at each of ``offsets``, and the current offset.
+    """
+    import matplotlib.pyplot as plt
+
+    noise = np.asarray(noise, np.float32)
+    x = (offset + noise).astype(np.float32)
+    exact = x.astype(np.float64).var(axis=0)
+    fig, axes = plt.subplots(1, 1 if curves is None else 2, figsize=(12, 4),
+                             layout="constrained", squeeze=False)
+    ax = axes[0, 0]
+    units = np.arange(noise.shape[1])
+    ideal = np.sqrt(exact / (exact + epsilon))
+    for k, (name, module) in enumerate(_batchnorm_modules(epsilon).items()):
+        _, y = _batch_variance(module)(x)
+        std = np.asarray(y, np.float64).std(axis=0)
+        ax.bar(units + (k - 0.5) * 0.4, std, width=0.4, color=["tab:red", "tab:blue"][k],
+               label=f"{name}: worst unit off by {np.abs(std / ideal - 1).max():.2g}")
+    ax.axhline(1.0, color="k", lw=1, ls=":")
+    ax.set_yscale("log")
+    ax.set_xlabel("unit j")
+    ax.set_ylabel("std of the normalized output (log scale)")
+    ax.set_title(f"Offset c = {offset:.3g}, epsilon = {epsilon:.1e}")
+    ax.legend(fontsize="small")
+    if curves is not None:
+        ax2 = axes[0, 1]
+        for (name, curve), color in zip(curves.items(), ["tab:red", "tab:blue"]):
+            ax2.loglog(offsets, np.maximum(curve, 1e-9), "o-", color=color, ms=3, label=name)
+        ax2.axvline(offset, color="k", lw=1)
+        ax2.set_xlabel("offset c")
+        ax2.set_ylabel("relative error of the batch variance (floor 1e-9)")
+        ax2.set_title("Variance error against offset (epsilon = 1e-5)")
+        ax2.legend(fontsize="small")
+        ax2.grid(True, which="both", alpha=0.3)
+    return fig
+
+
+def explore_batchnorm_offset(noise: Any = None, *, interactive: bool | None = None) -> Panel:
+    """The BatchNorm offset slider: move the offset ``c`` and ``epsilon`` of the inputs.
+
+    Args:
+      noise: the (batch, units) activations before the offset; default 256 x 16 standard
+        normal samples (seed 0).
+      interactive: see :func:`show`.
+
+    Returns:
+      A :class:`Panel` drawing :func:`draw_batchnorm_offset`.
+
+    Example:
+      >>> widgets.explore_batchnorm_offset()  # in a notebook, or on the page of `lecopt app`
+    """
+    if noise is None:
+        noise = np.random.default_rng(0).standard_normal((256, 16)).astype(np.float32)
+    noise = np.asarray(noise, np.float32)
+    offsets = np.logspace(0, 5, 21)
+    curves = {}
+    for name, module in _batchnorm_modules(1e-5).items():
+        batch_variance = _batch_variance(module)
+        curve = []
+        for c in offsets:
+            x = (c + noise).astype(np.float32)
+            exact = x.astype(np.float64).var(axis=0)
+            v, _ = batch_variance(x)
+            curve.append(np.abs(np.asarray(v, np.float64) - exact).max() / exact.max())
+        curves[name] = curve
+
+    def draw(offset, epsilon):
+        return draw_batchnorm_offset(offset, epsilon, noise, curves, offsets)
+
+    return show(draw, {
+        "offset": log_slider(1.0, 1e5, 3e3, label="offset c"),
+        "epsilon": log_slider(1e-8, 1e-1, 1e-5, label="epsilon"),
+    }, interactive=interactive)

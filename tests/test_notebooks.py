@@ -3,9 +3,11 @@
 Each notebook runs in a fresh ``python3`` kernel started with THIS interpreter (a temporary
 kernel spec whose argv is ``sys.executable``, checked from inside the kernel), with
 ``LECOPT_QUICK=1``. The two cores run two notebooks at a time. Every notebook must run without
-error and draw at least one figure (an ``image/png`` output); the ``RESULT name=...`` lines it
-prints are compared with a fresh lecopt computation, closed forms or NumPy re-implementations of
-the lecture's formulas here.
+error and draw at least one figure (an ``image/png`` output). Its ``result(name, value)`` calls
+print nothing (readers see no test hooks): with ``LECOPT_TEST_RESULTS=path`` in the kernel's
+environment they append ``{name: [values]}`` JSON lines to that file, and the numbers are
+compared here with a fresh lecopt computation, closed forms or NumPy re-implementations of the
+lecture's formulas.
 """
 
 from __future__ import annotations
@@ -37,20 +39,19 @@ NOTEBOOKS = [
 CELL_TIMEOUT_S = 300
 PARALLEL_KERNELS = 2
 _PROBE = "import sys; print('KERNEL_EXECUTABLE=' + sys.executable)"
-_RESULT = re.compile(r"^RESULT (\S+)=(.*)$", re.MULTILINE)
 
 
 # --------------------------------------------------------------------------------------------
 # Execution
 
 
-def _kernel_env() -> dict[str, str]:
+def _kernel_env(results: Path) -> dict[str, str]:
     env = dict(os.environ)
     # conftest sets MPLBACKEND=Agg for this process; the kernel needs its inline backend to
     # turn figures into image/png outputs.
     env.pop("MPLBACKEND", None)
     env.update({"LECOPT_QUICK": "1", "LECOPT_NO_PROGRESS": "1", "JAX_PLATFORMS": "cpu",
-                "PYDEVD_DISABLE_FILE_VALIDATION": "1"})
+                "PYDEVD_DISABLE_FILE_VALIDATION": "1", "LECOPT_TEST_RESULTS": str(results)})
     return env
 
 
@@ -66,7 +67,8 @@ def _kernel_spec_dir(root: Path) -> Path:
     return root / "kernels"
 
 
-async def _execute(name: str, kernel_dirs: Path, gate: asyncio.Semaphore) -> dict:
+async def _execute(name: str, kernel_dirs: Path, results: Path,
+                   gate: asyncio.Semaphore) -> dict:
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import AsyncKernelManager
     from nbclient import NotebookClient
@@ -83,19 +85,20 @@ async def _execute(name: str, kernel_dirs: Path, gate: asyncio.Semaphore) -> dic
         error = None
         try:
             # The client does not own a kernel manager it was given: it must shut it down.
-            await client.async_execute(env=_kernel_env(), cleanup_kc=True)
+            await client.async_execute(env=_kernel_env(results), cleanup_kc=True)
         except CellExecutionError as e:
             error = str(e)
         finally:
             if km.has_kernel:
                 await km.shutdown_kernel(now=True)
         elapsed = time.perf_counter() - start
-    return {"nb": nb, "error": error, "seconds": elapsed}
+    return {"nb": nb, "error": error, "seconds": elapsed, "results": _results(results)}
 
 
-async def _execute_all(kernel_dirs: Path) -> dict[str, dict]:
+async def _execute_all(kernel_dirs: Path, results_dir: Path) -> dict[str, dict]:
     gate = asyncio.Semaphore(PARALLEL_KERNELS)
-    done = await asyncio.gather(*(_execute(n, kernel_dirs, gate) for n in NOTEBOOKS))
+    done = await asyncio.gather(*(_execute(n, kernel_dirs, results_dir / f"{n}.jsonl", gate)
+                                  for n in NOTEBOOKS))
     return dict(zip(NOTEBOOKS, done))
 
 
@@ -105,21 +108,25 @@ def _stdout(nb) -> str:
                    and o.get("name") == "stdout")
 
 
-def _results(nb) -> dict[str, np.ndarray]:
-    return {k: np.array([float(v) for v in vals.split(",")])
-            for k, vals in _RESULT.findall(_stdout(nb))}
+def _results(path: Path) -> dict[str, np.ndarray]:
+    """The numbers a notebook recorded: one ``{name: [values]}`` JSON object a line."""
+    out: dict[str, np.ndarray] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            for name, values in json.loads(line).items():
+                assert name not in out, f"{name} recorded twice"
+                out[name] = np.asarray(values, dtype=np.float64)
+    return out
 
 
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory) -> dict[str, dict]:
     kernel_dirs = _kernel_spec_dir(tmp_path_factory.mktemp("jupyter"))
     start = time.perf_counter()
-    runs = asyncio.run(_execute_all(kernel_dirs))
+    runs = asyncio.run(_execute_all(kernel_dirs, tmp_path_factory.mktemp("results")))
     total = time.perf_counter() - start
     each = ", ".join(f"{n} {r['seconds']:.1f} s" for n, r in runs.items())
     print(f"\nnotebooks executed in {total:.1f} s: {each}")
-    for run in runs.values():
-        run["results"] = _results(run["nb"])
     return runs
 
 
@@ -173,6 +180,19 @@ def test_kernel_runs_this_interpreter(executed, name):
     found = re.search(r"KERNEL_EXECUTABLE=(.*)", out)
     assert found, "the probe cell printed nothing"
     assert os.path.samefile(found.group(1).strip(), sys.executable)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_shows_no_test_hooks(executed, name):
+    """The numbers the tests read reach them through the LECOPT_TEST_RESULTS file only: no
+    output a reader sees carries them (the old ``RESULT name=value`` lines)."""
+    run = executed[name]
+    assert run["results"], f"{name} recorded no numbers"
+    shown = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
+                      for c in run["nb"].cells for o in c.get("outputs", []))
+    assert not re.search(r"^RESULT ", shown, re.MULTILINE)
+    source = "\n".join(c.source for c in nbformat.read(NOTEBOOK_DIR / name, as_version=4).cells)
+    assert "RESULT " not in source  # no print of the old hook lines
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
