@@ -630,9 +630,7 @@ def _member(kind: Any, row: jax.Array, local_step: jax.Array) -> jax.Array:
 def _join_scalar(kinds, starts, kind_of, row_of, step):
     t = jnp.asarray(step)
     starts = jnp.asarray(starts)
-    # The piece of step t: the last start <= t, by a binary search over the boundaries
-    # (unrolled: log2(pieces) compares, no loop inside the caller's loop).
-    i = jnp.searchsorted(starts[1:], t, side="right", method="scan_unrolled")
+    i = _piece_index(t, starts)
     local = t - starts[i].astype(t.dtype)
     if len(kinds) == 1:
         return _member(kinds[0], i, local)
@@ -649,6 +647,31 @@ def _join(kinds, starts, kind_of, row_of, step):
     if t.ndim == 0:
         return one(t)
     return jax.vmap(one)(t.reshape(-1)).reshape(t.shape)
+
+
+_TREE_PIECES = 16
+
+
+def _piece_index(t: jax.Array, starts: jax.Array) -> jax.Array:
+    """The piece of step ``t``: the last one whose start is <= t (``starts[0] == 0``).
+
+    Up to 16 pieces, a balanced tree of compares and selects unrolled at trace time
+    (``ceil(log2(pieces))`` deep, one integer compare per boundary): it fuses with the piece's
+    arithmetic into one kernel of the caller's compiled loop, where a ``searchsorted`` is a
+    kernel of its own, which costs more than the compares on a CPU. Beyond that, an unrolled
+    binary search (``log2(pieces)`` compares).
+    """
+    n = starts.shape[0]
+    if n > _TREE_PIECES:
+        return jnp.searchsorted(starts[1:], t, side="right", method="scan_unrolled")
+
+    def tree(lo: int, hi: int) -> jax.Array:
+        if hi - lo == 1:
+            return jnp.asarray(lo, jnp.int32)
+        mid = (lo + hi) // 2
+        return jnp.where(t >= starts[mid], tree(mid, hi), tree(lo, mid))
+
+    return tree(0, n)
 
 
 def _check_boundaries(boundaries: Any, num_schedules: int) -> Any:

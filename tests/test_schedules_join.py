@@ -124,6 +124,17 @@ def test_join_nests_and_restarts_each_piece_at_its_boundary(x64):
                                rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize("num_pieces", [2, 3, 16, 17, 40])
+def test_join_of_many_pieces_finds_every_piece(num_pieces):
+    # Up to 16 pieces a tree of compares finds the piece, beyond a binary search: both checked.
+    boundaries = [3 * k + k * k for k in range(1, num_pieces)]
+    ours = [schedules.linear_decay(float(k), float(k) + 0.5, 2) for k in range(num_pieces)]
+    refs = [linear_ref(float(k), float(k) + 0.5, 2) for k in range(num_pieces)]
+    steps = around(boundaries, boundaries[-1] + 5)
+    got = _eval_all_ways(schedules.join(ours, boundaries), steps)
+    np.testing.assert_array_equal(got, [join_ref(refs, boundaries)(int(t)) for t in steps])
+
+
 def test_join_equals_optax_join_schedules():
     ours = [schedules.linear_decay(0.0, 0.1, 10), schedules.cosine_annealing(0.1, 0.0, 40)]
     theirs = [optax.linear_schedule(0.0, 0.1, 10), optax.cosine_decay_schedule(0.1, 40)]
