@@ -705,9 +705,10 @@ def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
     as ``optax.join_schedules``, but a pytree of all the pieces' numbers (a new value, or pieces
     of one kind in another order, runs through the program already compiled; ``vmap`` maps over
     a batch of joined schedules) and with one piece evaluated per step: the piece is found by a
-    binary search over the boundaries (``jnp.searchsorted``) and pieces of the same kind (the same
-    factory) are stored as one schedule whose numbers are stacked, so the chosen piece's numbers
-    are read by index and its function runs once. Pieces of different kinds are chosen by
+    binary search over the boundaries (``ceil(log2(pieces))`` compares deep, unrolled into the
+    compiled program; see ``_piece_index``) and pieces of the same kind (the same factory) are
+    stored as one schedule whose numbers are stacked, so the chosen piece's numbers are read by
+    index and its function runs once. Pieces of different kinds are chosen by
     ``lax.switch``, which runs only the chosen branch on the device; under ``vmap`` (over a batch of
     steps, e.g. :func:`plot`, or of schedules) ``switch`` becomes a select and every *kind* (not
     every piece) is evaluated. At a boundary the new piece starts at its own step 0, so the value
