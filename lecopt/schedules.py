@@ -623,7 +623,9 @@ def _group_by_kind(pieces: Sequence[Any]) -> tuple[tuple[Any, ...], list[int], l
 
 
 def _member(kind: Any, row: jax.Array, local_step: jax.Array) -> jax.Array:
-    piece = jax.tree.map(lambda leaf: leaf[row], kind)
+    # The row is in range by construction: no wrap-around of negative indices to compile.
+    piece = jax.tree.map(lambda leaf: jax.lax.dynamic_index_in_dim(leaf, row, keepdims=False),
+                         kind)
     return jnp.asarray(piece(local_step), _fdt())
 
 
@@ -631,7 +633,7 @@ def _join_scalar(kinds, starts, kind_of, row_of, step):
     t = jnp.asarray(step)
     starts = jnp.asarray(starts)
     i = _piece_index(t, starts)
-    local = t - starts[i].astype(t.dtype)
+    local = t - jax.lax.dynamic_index_in_dim(starts, i, keepdims=False).astype(t.dtype)
     if len(kinds) == 1:
         return _member(kinds[0], i, local)
     # Only the chosen kind's function runs (lax.switch); under vmap over steps or over
