@@ -623,17 +623,17 @@ def _group_by_kind(pieces: Sequence[Any]) -> tuple[tuple[Any, ...], list[int], l
 
 
 def _member(kind: Any, row: jax.Array, local_step: jax.Array) -> jax.Array:
-    piece = jax.tree.map(lambda leaf: leaf[row], kind)
+    # The row is in range by construction: no wrap-around of negative indices to compile.
+    piece = jax.tree.map(lambda leaf: jax.lax.dynamic_index_in_dim(leaf, row, keepdims=False),
+                         kind)
     return jnp.asarray(piece(local_step), _fdt())
 
 
 def _join_scalar(kinds, starts, kind_of, row_of, step):
     t = jnp.asarray(step)
     starts = jnp.asarray(starts)
-    # The piece of step t: the last start <= t, by a binary search over the boundaries
-    # (unrolled: log2(pieces) compares, no loop inside the caller's loop).
-    i = jnp.searchsorted(starts[1:], t, side="right", method="scan_unrolled")
-    local = t - starts[i].astype(t.dtype)
+    i = _piece_index(t, starts)
+    local = t - jax.lax.dynamic_index_in_dim(starts, i, keepdims=False).astype(t.dtype)
     if len(kinds) == 1:
         return _member(kinds[0], i, local)
     # Only the chosen kind's function runs (lax.switch); under vmap over steps or over
@@ -649,6 +649,31 @@ def _join(kinds, starts, kind_of, row_of, step):
     if t.ndim == 0:
         return one(t)
     return jax.vmap(one)(t.reshape(-1)).reshape(t.shape)
+
+
+_TREE_PIECES = 16
+
+
+def _piece_index(t: jax.Array, starts: jax.Array) -> jax.Array:
+    """The piece of step ``t``: the last one whose start is <= t (``starts[0] == 0``).
+
+    Up to 16 pieces, a balanced tree of compares and selects unrolled at trace time
+    (``ceil(log2(pieces))`` deep, one integer compare per boundary): it fuses with the piece's
+    arithmetic into one kernel of the caller's compiled loop, where a ``searchsorted`` is a
+    kernel of its own, which costs more than the compares on a CPU. Beyond that, an unrolled
+    binary search (``log2(pieces)`` compares).
+    """
+    n = starts.shape[0]
+    if n > _TREE_PIECES:
+        return jnp.searchsorted(starts[1:], t, side="right", method="scan_unrolled")
+
+    def tree(lo: int, hi: int) -> jax.Array:
+        if hi - lo == 1:
+            return jnp.asarray(lo, jnp.int32)
+        mid = (lo + hi) // 2
+        return jnp.where(t >= starts[mid], tree(mid, hi), tree(lo, mid))
+
+    return tree(0, n)
 
 
 def _check_boundaries(boundaries: Any, num_schedules: int) -> Any:
@@ -682,9 +707,10 @@ def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
     as ``optax.join_schedules``, but a pytree of all the pieces' numbers (a new value, or pieces
     of one kind in another order, runs through the program already compiled; ``vmap`` maps over
     a batch of joined schedules) and with one piece evaluated per step: the piece is found by a
-    binary search over the boundaries (``jnp.searchsorted``) and pieces of the same kind (the same
-    factory) are stored as one schedule whose numbers are stacked, so the chosen piece's numbers
-    are read by index and its function runs once. Pieces of different kinds are chosen by
+    binary search over the boundaries (``ceil(log2(pieces))`` compares deep, unrolled into the
+    compiled program; see ``_piece_index``) and pieces of the same kind (the same factory) are
+    stored as one schedule whose numbers are stacked, so the chosen piece's numbers are read by
+    index and its function runs once. Pieces of different kinds are chosen by
     ``lax.switch``, which runs only the chosen branch on the device; under ``vmap`` (over a batch of
     steps, e.g. :func:`plot`, or of schedules) ``switch`` becomes a select and every *kind* (not
     every piece) is evaluated. At a boundary the new piece starts at its own step 0, so the value

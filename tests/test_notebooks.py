@@ -307,6 +307,18 @@ def test_learning_rate_results(executed):
         r["sgdr_probe"],
         jax.vmap(schedules.sgdr(6e-3, 1e-4, 200, period_mult=2))(steps.astype(int)))
 
+    # Warm-up + SGDR: the ramp 6e-3 t / 100, then SGDR on its own step t - 100.
+    t = r["probe_join_steps"].astype(int)
+    warm = [6e-3 * ti / 100 if ti < 100 else _sgdr(ti - 100, 6e-3, 1e-4, 300, 2) for ti in t]
+    np.testing.assert_allclose(r["warmup_sgdr_probe"], warm, rtol=1e-5)
+    # One-cycle from the suggestion: PyTorch's OneCycleLR formula in NumPy.
+    from tests.test_schedules_join import one_cycle_reference
+
+    assert r["one_cycle_max_lr"][0] == pytest.approx(r["lr_range_suggestion"][0], rel=1e-6)
+    lrs, moms = one_cycle_reference(r["one_cycle_max_lr"][0], 2000, 0.3, 25.0, 1e4, "cos", False)
+    np.testing.assert_allclose(r["one_cycle_probe"], lrs[t], rtol=1e-5)
+    np.testing.assert_allclose(r["one_cycle_momentum_probe"], moms[t], rtol=1e-6)
+
     err = r["mnist_schedule_final_test_error"]
     assert err.shape == (5,) and np.all(err < 0.5)
 

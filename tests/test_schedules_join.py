@@ -124,6 +124,29 @@ def test_join_nests_and_restarts_each_piece_at_its_boundary(x64):
                                rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize("num_pieces", [2, 3, 16, 17, 40])
+def test_join_of_many_pieces_finds_every_piece(num_pieces):
+    # Up to 16 pieces a tree of compares finds the piece, beyond a binary search: both checked.
+    boundaries = [3 * k + k * k for k in range(1, num_pieces)]
+    ours = [schedules.linear_decay(float(k), float(k) + 0.5, 2) for k in range(num_pieces)]
+    refs = [linear_ref(float(k), float(k) + 0.5, 2) for k in range(num_pieces)]
+    steps = around(boundaries, boundaries[-1] + 5)
+    got = _eval_all_ways(schedules.join(ours, boundaries), steps)
+    np.testing.assert_array_equal(got, [join_ref(refs, boundaries)(int(t)) for t in steps])
+
+
+def test_traced_numbers_and_boundaries_build_a_join_under_jit():
+    @jax.jit
+    def at(a, b, t):
+        f = schedules.join([schedules.constant(a), schedules.linear_decay(a, 0.0, 4)], [b])
+        return f(t), schedules.one_cycle(a, 100)(t)
+
+    v, w = at(0.5, 3, 5)
+    assert float(v) == pytest.approx(0.25) and float(at(0.5, 7, 5)[0]) == 0.5
+    assert float(w) == pytest.approx(one_cycle_reference(0.5, 100, 0.3, 25.0, 1e4, "cos",
+                                                         False)[0][5], rel=1e-5)
+
+
 def test_join_equals_optax_join_schedules():
     ours = [schedules.linear_decay(0.0, 0.1, 10), schedules.cosine_annealing(0.1, 0.0, 40)]
     theirs = [optax.linear_schedule(0.0, 0.1, 10), optax.cosine_decay_schedule(0.1, 40)]
