@@ -292,7 +292,7 @@ def torch_lr_finder_rule(curve: Curve, smooth_f: float = 0.05, diverge_th: float
     return _rate(curve, skip_start + int(np.argmin(np.gradient(sm))))
 
 
-LECOPT_FACTOR = 2.0
+LECOPT_FACTOR = 1.5
 """lecopt's rule divides the rate of the lowest zero-phase-smoothed loss by this factor."""
 
 
