@@ -293,7 +293,11 @@ def torch_lr_finder_rule(curve: Curve, smooth_f: float = 0.05, diverge_th: float
 
 
 LECOPT_FACTOR = 1.5
-"""lecopt's rule divides the rate of the lowest zero-phase-smoothed loss by this factor."""
+"""lecopt's rule divides the rate of the lowest zero-phase-smoothed loss by this factor.
+
+Chosen on :mod:`lecopt._bench_lr_suggest` (9 tasks x 3 resolutions): factors 1, 1.5, 2, 2.5,
+3, 4 hit the grid-best loss within 1.25x on 67%, 81%, 63%, 48%, 48%, 30% of the cases; the
+suite is also the test set, so the figure is in-sample."""
 
 
 def lecopt_rule(curve: Curve) -> float:
@@ -303,6 +307,15 @@ def lecopt_rule(curve: Curve) -> float:
     (:func:`local_quadratic`): no lag, and the same window at any resolution. Its lowest point
     before the divergence is the largest rate at which the sweep still made progress; the
     suggestion is that rate over :data:`LECOPT_FACTOR`.
+
+    Why: a short run at a constant rate does best close to the edge of stability, and the
+    edge is where the (lag-free) loss stops falling. The steepest decline (the lecture's
+    rule, read without lag) sits 2-10x lower; the EMA-based rules land near the edge only by
+    their lag, which depends on the resolution. Measured on the suite (exact rates,
+    ``python -m lecopt._bench_lr_suggest``): regret <= 1.25 in 81% of the (task, resolution)
+    cases, median regret 1.11; it misses on a 10-epoch Adam budget, whose best rate is far
+    below the edge, and the suggestion still moves by a median 2.3x between 100 and 1000
+    steps (the curve's minimum, not the smoothing, moves with the training the sweep does).
     """
     if curve.end < 5:
         return math.nan
