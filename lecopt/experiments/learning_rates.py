@@ -263,54 +263,70 @@ def ulps(actual: Any, reference: Any, dtype: Any) -> np.ndarray:
 # ------------------------------------------------------------------------ claim 7: range test
 
 
+def _make_optimizer(learning_rate: Any):
+    from lecopt import optimizers  # noqa: PLC0415
+
+    return optimizers.sgd(learning_rate, momentum=MOMENTUM)
+
+
+def _sweep_one_seed(model: Any, x: Any, y: Any, seed: int) -> Any:
+    """The range test from the state ``train.fit(seed=seed)`` starts from, on fit's loss and
+    fit's minibatches of epoch 0."""
+    from lecopt import lr_finder, train  # noqa: PLC0415
+
+    start = train.init_state(model, _make_optimizer(RANGE_MIN_LR), x, seed)
+    order = train.batch_order(seed, 0, int(x.shape[0]), BATCH_SIZE)
+    return lr_finder.lr_range_test(
+        train.loss_function(model), start.params, (x[order], y[order]), _make_optimizer,
+        min_lr=RANGE_MIN_LR, max_lr=RANGE_MAX_LR, num_steps=RANGE_STEPS, smoothing=SMOOTHING,
+        diverge_factor=DIVERGE_FACTOR, model_state=start.batch_stats)
+
+
+def _train_at(model: Any, x: Any, y: Any, seed: int, rates: list[float], epochs: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-epoch training losses (rates x epochs) and final losses on the whole training set.
+
+    One sweep: the rates through one compiled program, same init and same minibatch order (a
+    paired comparison). A run that meets a non-finite loss is frozen by sweep and counts as
+    diverged (NaN).
+    """
+    from lecopt import train  # noqa: PLC0415
+
+    epoch_losses = np.full((len(rates), epochs), np.nan)
+    finals = np.full(len(rates), np.nan)
+    runs = train.sweep(model, _make_optimizer, {"learning_rate": rates}, (x, y), epochs=epochs,
+                       seeds=[seed], batch_size=BATCH_SIZE, progress=False,
+                       on_nonfinite="stop")
+    for r, run in enumerate(runs):
+        hist = run.history.train_loss
+        epoch_losses[r, : len(hist)] = hist
+        if run.history.stopped is None:
+            finals[r] = train.evaluate(model, run.state.variables, x, y).loss
+    return epoch_losses, finals
+
+
 def range_test(ctx: Context) -> Measured:
     """Claim 7: the range test's phases, then training at the suggestion, /10 and x10."""
     import jax.numpy as jnp  # noqa: PLC0415
 
-    from lecopt import lr_finder, optimizers, train  # noqa: PLC0415
-    from lecopt import nn as lnn  # noqa: PLC0415
+    from lecopt import nn  # noqa: PLC0415
 
     settings = SETTINGS["quick" if ctx.quick else "full"]
     ds = ctx.data()
     x = jnp.asarray(np.asarray(ds.x_train, np.float32).reshape(len(ds.x_train), -1))
     y = jnp.asarray(np.asarray(ds.y_train, np.int32))
     epochs = settings["epochs"]
-    model = lnn.MLP(features=tuple(settings["features"]))
-
-    def make_opt(learning_rate):
-        return optimizers.sgd(learning_rate, momentum=MOMENTUM)
-
+    model = nn.MLP(features=tuple(settings["features"]))
     per_seed, curves = [], []
-    seeds = ctx.seeds(settings["seeds"])
-    for seed in ctx.progress_bar(seeds, desc="lr range test: seeds"):
-        # The sweep starts from the state train.fit(seed=seed) starts from, minimises fit's
-        # loss and takes its minibatches in fit's order of epoch 0.
-        start = train.init_state(model, make_opt(RANGE_MIN_LR), x, seed)
-        order = train.batch_order(seed, 0, int(x.shape[0]), BATCH_SIZE)
-        res = lr_finder.lr_range_test(
-            train.loss_function(model), start.params, (x[order], y[order]), make_opt,
-            min_lr=RANGE_MIN_LR, max_lr=RANGE_MAX_LR, num_steps=RANGE_STEPS,
-            smoothing=SMOOTHING, diverge_factor=DIVERGE_FACTOR, model_state=start.batch_stats)
+    for seed in ctx.progress_bar(ctx.seeds(settings["seeds"]), desc="lr range test: seeds"):
+        res = _sweep_one_seed(model, x, y, seed)
         lrs = np.asarray(res.learning_rates, np.float64)
         sm = np.asarray(res.smoothed_losses, np.float64)
         ph = phases(lrs, sm)
         sugg = float(res.suggestion)
         rates = [sugg / RATE_FACTOR, sugg, sugg * RATE_FACTOR]
-        epoch_losses = np.full((3, epochs), np.nan)
-        finals = np.full(3, np.nan)
-        if np.isfinite(sugg):
-            # One sweep per seed: the three rates through one compiled program, same init and
-            # same minibatch order (a paired comparison). A run that meets a non-finite loss
-            # is frozen by sweep and counts as diverged.
-            runs = train.sweep(model, make_opt, {"learning_rate": rates}, (x, y),
-                               epochs=epochs, seeds=[seed], batch_size=BATCH_SIZE,
-                               progress=False, on_nonfinite="stop")
-            for r, run in enumerate(runs):
-                hist = run.history.train_loss
-                epoch_losses[r, : len(hist)] = hist
-                if run.history.stopped is None:
-                    finals[r] = train.evaluate(model, run.state.variables, x, y).loss
-        finals = np.asarray(finals, np.float64)
+        epoch_losses, finals = (_train_at(model, x, y, seed, rates, epochs) if np.isfinite(sugg)
+                                else (np.full((3, epochs), np.nan), np.full(3, np.nan)))
         f = np.where(np.isfinite(finals), finals, np.inf)
         beats = bool(np.isfinite(f[1]) and f[1] < f[0] and f[1] < f[2])
         best = ("/10", "x1", "x10")[int(np.argmin(f))] if np.isfinite(f).any() else "none"
@@ -323,7 +339,7 @@ def range_test(ctx: Context) -> Measured:
             "suggestion_best": beats, "best_rate": best, "held": bool(ok),
         })
         curves.append({"lrs": lrs, "raw": np.asarray(res.losses, np.float64), "smoothed": sm,
-                       "epoch_losses": np.asarray(epoch_losses, np.float64)})
+                       "epoch_losses": epoch_losses})
 
     n_run = len(per_seed)
     n_phases = sum(p["phases"]["plateau"] and p["phases"]["decline"] and p["phases"]["blowup"]
