@@ -78,7 +78,8 @@ def sweep(
     arrays (a Python float and an array of it give optimizers of one structure: only ``None``
     drops a part, e.g. ``lecopt.sgd(lr, momentum=None)`` has no velocity, while
     ``momentum=0.0`` keeps one that stays ``-alpha g``, the same numbers). Settings whose
-    optimizers still differ in structure (e.g. ``nesterov`` True and False) are trained in one vmapped group per structure.
+    optimizers still differ in structure (e.g. ``nesterov`` True and False) are trained in one
+    vmapped group per structure.
 
     With ``on_nonfinite="stop"`` a run that meets a non-finite step freezes at its last good
     state and its ``history.stopped`` says where; the other runs go on (no exception).
