@@ -21,7 +21,11 @@ SCHEDULE_HELP = (
     "a learning-rate schedule over training steps: 'constant', 'linear:END[:STEPS]' (linear "
     "decay from --lr to END over STEPS, default all steps), 'triangular:BASE:STEP_SIZE', "
     "'triangular2:BASE:STEP_SIZE' (cyclical between BASE and --lr), 'cosine:MIN[:PERIOD]', "
-    "'sgdr:MIN:PERIOD[:MULT[:DECAY]]' (warm restarts)"
+    "'sgdr:MIN:PERIOD[:MULT[:DECAY]]' (warm restarts), "
+    "'one_cycle[:PCT_START[:DIV_FACTOR[:FINAL_DIV_FACTOR]]]' (Smith's one cycle over all steps, "
+    "peak --lr; defaults 0.3, 25, 1e4, as PyTorch's OneCycleLR), "
+    "'warmup:STEPS[:SCHEDULE]' (linear warm-up from 0 to --lr over STEPS, then SCHEDULE, one "
+    "of the above, over the remaining steps; default constant), e.g. 'warmup:100:cosine:0'"
 )
 
 
@@ -72,6 +76,8 @@ def make_schedule(spec: str, lr: float, total_steps: int):
     from lecopt import schedules
 
     name, *args = spec.split(":")
+    if name == "warmup":
+        return _warmup(spec, args, lr, total_steps)
     try:
         nums = [float(a) for a in args]
     except ValueError:
@@ -101,7 +107,32 @@ def make_schedule(spec: str, lr: float, total_steps: int):
         mult = nums[2] if len(nums) > 2 else 1
         decay = nums[3] if len(nums) > 3 else 1.0
         return schedules.sgdr(lr, nums[0], int(nums[1]), mult, decay)
+    if name == "one_cycle":
+        need(0, 3)
+        defaults = (0.3, 25.0, 1e4)
+        pct, div, final_div = (*nums, *defaults[len(nums):])
+        if total_steps < 2:
+            raise ValueError(f"--schedule {spec!r}: one_cycle needs >= 2 training steps")
+        return schedules.one_cycle(lr, total_steps, pct, div, final_div)
     raise ValueError(f"--schedule {spec!r}: unknown schedule {name!r}; {SCHEDULE_HELP}")
+
+
+def _warmup(spec: str, args: list[str], lr: float, total_steps: int):
+    from lecopt import schedules
+
+    try:
+        steps = int(args[0])
+    except (IndexError, ValueError):
+        raise ValueError(f"--schedule {spec!r}: warmup takes the number of warm-up steps "
+                         f"first, an integer; {SCHEDULE_HELP}") from None
+    if not 1 <= steps < total_steps:
+        raise ValueError(f"--schedule {spec!r}: warmup steps must be in [1, {total_steps}) "
+                         f"(the training steps)")
+    rest = ":".join(args[1:]) or "constant"
+    if rest.split(":")[0] == "warmup":
+        raise ValueError(f"--schedule {spec!r}: a warm-up cannot follow a warm-up")
+    then = make_schedule(rest, lr, total_steps - steps)
+    return schedules.warmup(lr, steps, then)
 
 
 def build_optimizer(name: str, learning_rate: Any, momentum: float, weight_decay: float,
@@ -123,11 +154,11 @@ def build_optimizer(name: str, learning_rate: Any, momentum: float, weight_decay
 def _cmd_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from lecopt import bench
 
-    sections = args.only or list(bench.SECTIONS)
+    sections = args.only or list(bench.DEFAULT_SECTIONS)
     for s in sections:
         if s not in bench.SECTIONS:
             parser.error(f"--only: unknown section {s!r}; choose from {', '.join(bench.SECTIONS)}")
-    bench.run(sections, quick=args.quick, json_path=args.json)
+    bench.run(sections, quick=args.quick, json_path=args.json, out_dir=args.out)
     if args.json:
         print(f"wrote {args.json}")
     return 0
@@ -198,8 +229,9 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 def _cmd_lr_find(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import jax.numpy as jnp
     import matplotlib.pyplot as plt
+    import numpy as np
 
-    from lecopt import lr_finder, nn, train
+    from lecopt import lr_finder, nn, schedules, train
 
     if args.min_lr >= args.max_lr:
         parser.error(f"--min-lr {args.min_lr:g} must be smaller than --max-lr {args.max_lr:g}")
@@ -217,23 +249,86 @@ def _cmd_lr_find(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     state = train.init_state(model, make_tx(args.max_lr), ds.x_train, seed=args.seed)
     order = train.batch_order(args.seed, 0, len(ds.x_train), args.batch_size)
     batches = (jnp.asarray(ds.x_train)[order], jnp.asarray(ds.y_train)[order])
-    result = lr_finder.lr_range_test(train.loss_function(model), state.params, batches, make_tx,
+    params: Any = state.params
+    seeds = None
+    if args.seeds > 1:
+        # Seeds args.seed .. args.seed + N - 1, one vmapped program: each seed its own
+        # initialisation and minibatch order (lr_range_test's seeds).
+        x1 = jnp.asarray(ds.x_train[:1])
+        seeds = list(range(args.seed, args.seed + args.seeds))
+        params = lambda key: model.init(key, x1, train=False)["params"]
+    result = lr_finder.lr_range_test(train.loss_function(model), params, batches, make_tx,
                                      min_lr=args.min_lr, max_lr=args.max_lr,
-                                     num_steps=args.steps, model_state=state.batch_stats)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    result.plot(ax=ax)
-    ax.set_title(f"LR range test: {args.optimizer}"
-                 + (f" (momentum {args.momentum:g})" if args.optimizer == "sgd" else "")
-                 + (" + BatchNorm" if args.batch_norm else "") + f" on {args.data}")
+                                     num_steps=args.steps, model_state=state.batch_stats,
+                                     seeds=seeds)
+    suggestion = float(result.suggestion)
+    print(f"suggested learning rate: {suggestion:.3g}"
+          + (f" (median of {args.seeds} seeds, spread max/min "
+             f"{result.spread['lecopt']:.2f}x)" if seeds else ""))
+    for k, v in result.suggestions.items():
+        line = f"  {k}: {float(v):.3g}"
+        if seeds:
+            each = ", ".join(f"{r:.3g}" for r in np.asarray(result.seed_suggestions[k]))
+            line += f"  (seeds: {each}; spread {result.spread[k]:.2f}x)"
+        print(line)
+    stopped = np.asarray(result.stopped_at).reshape(-1)
+    print("stopped at step " + ", ".join(str(int(s)) for s in stopped) + f" of {args.steps}")
+    grid = None
+    if args.validate:
+        grid = _validate(args, model, make_tx, ds, result, suggestion)
+    if math.isfinite(suggestion) and suggestion > 0:
+        total = args.epochs * (len(ds.x_train) // args.batch_size)
+        plan = schedules.one_cycle_from_range_test(suggestion, max(total, 2))
+        print(f"one-cycle plan for {args.epochs} epochs ({total} steps): rate "
+              f"{plan.initial_lr:.3g} -> {plan.max_lr:.3g} at step {plan.peak_step:g} -> "
+              f"{plan.min_lr:.3g}; momentum 0.95 -> 0.85 -> 0.95")
+        print(f"  lecopt train --optimizer {args.optimizer} --lr {plan.max_lr:.3g} --epochs "
+              f"{args.epochs} --batch-size {args.batch_size} --schedule one_cycle")
+    if grid is not None:
+        fig = lr_finder.plot(result, grid)
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        result.plot(ax=ax)
+    fig.axes[0].set_title(f"LR range test: {args.optimizer}"
+                          + (f" (momentum {args.momentum:g})" if args.optimizer == "sgd" else "")
+                          + (" + BatchNorm" if args.batch_norm else "") + f" on {args.data}"
+                          + (f", {args.seeds} seeds" if seeds else ""))
     fig.tight_layout()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)
     plt.close(fig)
-    print(f"suggested learning rate: {float(result.suggestion):.3g}")
-    for k, v in result.suggestions.items():
-        print(f"  {k}: {float(v):.3g}")
-    print(f"stopped at step {int(result.stopped_at)} of {args.steps}; wrote {args.out}")
+    print(f"wrote {args.out}")
     return 0
+
+
+GRID_DECADES_BELOW, GRID_DECADES_ABOVE = 2.0, 1.0
+"""``lr-find --validate``'s grid: a quarter-decade apart from 100x below lecopt's suggestion
+to 10x above it (13 rates)."""
+
+
+def _validate(args, model, make_tx, ds, result, suggestion):
+    import numpy as np
+
+    from lecopt import lr_finder
+
+    if not (math.isfinite(suggestion) and suggestion > 0):
+        print("validate: no suggestion to centre the grid on; skipped")
+        return None
+    k = np.arange(-4 * GRID_DECADES_BELOW, 4 * GRID_DECADES_ABOVE + 1)
+    rates = suggestion * 10.0 ** (0.25 * k)
+    grid = lr_finder.grid_search(model, make_tx, ds, rates=rates, epochs=args.epochs,
+                                 batch_size=args.batch_size, seed=args.seed)
+    rows = lr_finder.validate(result, grid)
+    print(f"grid search: {len(rates)} constant rates {rates[0]:.3g} .. {rates[-1]:.3g}, "
+          f"{args.epochs} epochs each: best {grid.best_rate:.3g} (final training loss "
+          f"{grid.best_loss:.4f})"
+          + ("; the best is at the grid's end, widen it" if grid.best_rate in
+             (rates[0], rates[-1]) else ""))
+    print(f"  {'rule':<22} {'rate':>9} {'final loss':>11} {'regret':>8}")
+    for r in rows:
+        loss = f"{r['final_loss']:.4f}" if math.isfinite(r["final_loss"]) else "diverged"
+        print(f"  {r['rule']:<22} {r['rate']:9.3g} {loss:>11} {r['regret']:7.3f}x")
+    return grid
 
 
 def _cmd_reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -324,14 +419,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-lr", type=pos_float, default=1e-6)
     p.add_argument("--max-lr", type=pos_float, default=10.0)
     p.add_argument("--steps", type=_number("an integer >= 2", 2, integer=True), default=100)
+    p.add_argument("--seeds", type=pos_int, default=1,
+                   help="range tests over N seeds (--seed, --seed+1, ...) in one vmapped "
+                        "program; prints the median suggestion and the spread")
+    p.add_argument("--validate", action="store_true",
+                   help="grid search of constant rates (13, a quarter-decade apart around the "
+                        "suggestion) for --epochs; prints each rule's regret")
+    p.add_argument("--epochs", type=pos_int, default=3,
+                   help="training budget for --validate and the one-cycle plan (default 3)")
     p.add_argument("--out", default="lr-find.png", help="figure file")
     p.set_defaults(func=_cmd_lr_find)
 
     p = sub.add_parser("bench", help="time lecopt against optax, Flax (and torch if present)")
     p.add_argument("--quick", action="store_true", help="fewer rounds")
     p.add_argument("--only", type=_only, default=None,
-                   help="comma-separated sections: updates, lr, nn, train")
+                   help="comma-separated sections: updates, lr, nn, train, schedules, "
+                        "lr-suggest (default: all but lr-suggest, the minutes-long suite of "
+                        "range-test suggestions judged by grid search)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--out", default="bench-out", metavar="DIR",
+                   help="folder for the sections' figures (default bench-out/)")
     p.set_defaults(func=_cmd_bench)
 
     from lecopt import app  # noqa: PLC0415 - stdlib only; the server loads when it starts

@@ -626,7 +626,7 @@ def lr_range_test(
     (as fastai). Once ``smooth_k > diverge_factor * min_{j<=k} smooth_j`` (or a loss is not
     finite) the sweep stops. Then every rule of :data:`RULES` reads the record (NumPy, on the
     host); ``suggestion`` is lecopt's (:func:`lecopt_rule`), checked against grid search by
-    :mod:`lecopt._bench_lr_suggest`.
+    :mod:`lecopt.bench.lr_suggest`.
 
     The sweep is one ``lax.while_loop`` in one jitted program, cached on ``(loss_fn,
     optimizer)`` (by identity), the shapes and dtypes of the inputs, ``num_steps`` and

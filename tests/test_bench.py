@@ -75,8 +75,43 @@ def test_bench_json(tmp_path, monkeypatch, capsys):
 
 
 def test_bench_rejects_an_unknown_section_before_running():
-    with pytest.raises(ValueError, match=r"unknown \['gpu'\]; choose from updates, lr, nn, train"):
+    with pytest.raises(ValueError, match=r"unknown \['gpu'\]; choose from updates, lr, nn, "
+                       r"train, schedules, lr-suggest"):
         bench.run(["updates", "gpu"])
+
+
+def test_default_sections_leave_out_only_the_long_suggestion_suite():
+    assert set(bench.SECTIONS) - set(bench.DEFAULT_SECTIONS) == {"lr-suggest"}
+    assert bench.SECTIONS["lr-suggest"] is bench.lr_suggest.section
+    assert bench.SECTIONS["schedules"] is bench.schedules.run
+
+
+def test_a_section_table_and_figures_are_printed_and_written(tmp_path, monkeypatch, capsys):
+    import matplotlib.pyplot as plt
+
+    rows = [{"task": "t", "num_steps": n, "rule": rule, "rate": rate, "spread": 1.0,
+             "final_loss": loss, "regret": loss / 0.5, "grid_best_rate": 0.1,
+             "grid_best_loss": 0.5}
+            for n in (100, 400) for rule, rate, loss in (("lecopt", 0.1, 0.5),
+                                                         ("lecture", 0.01, 0.9))]
+
+    def fake(quick=False):
+        return {"title": "suggestions", "table": bench.lr_suggest.format_table(rows),
+                "rows": [], "ratios": {}, "notes": [],
+                "figures": {"regret.png": bench.lr_suggest.figure_png(
+                    bench.lr_suggest.plot(rows))}}
+
+    monkeypatch.setitem(bench.SECTIONS, "lr-suggest", fake)
+    out = bench.run(["lr-suggest"], out_dir=str(tmp_path / "figs"),
+                    json_path=str(tmp_path / "b.json"))
+    text = capsys.readouterr().out
+    png = tmp_path / "figs" / "regret.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"figure: wrote {png}" in text
+    # lecture's rate 0.01 trains to 0.9 against the best 0.5: regret 1.8, a miss at 1.25.
+    assert "0.01: 1.80x" in text and "lecture | 0% | 100% | 1.800" in text
+    assert "figures" not in out["sections"]["lr-suggest"]
+    plt.close("all")
 
 
 def _small_updates(quick: bool = False):

@@ -11,9 +11,9 @@ import matplotlib
 import numpy as np
 import pytest
 
-from lecopt import _bench_lr_suggest as bench
 from lecopt import lr_finder, optimizers, train
 from lecopt import nn as lnn
+from lecopt.bench import lr_suggest as bench
 from lecopt.lr_finder import RULES, Curve, lr_range_test, suggest
 
 matplotlib.use("Agg")

@@ -19,7 +19,8 @@ import optax
 import pytest
 
 import lecopt
-from lecopt import _bench_schedules, schedules
+from lecopt import schedules
+from lecopt.bench import schedules as bench_schedules
 from tests.test_schedules import _eval_all_ways, sgdr_closed_form
 
 matplotlib.use("Agg")
@@ -400,7 +401,7 @@ def test_plot_draws_joined_and_one_cycle_schedules():
 
 
 def test_bench_quick_rows():
-    res = _bench_schedules.run(quick=True)
+    res = bench_schedules.run(quick=True)
     assert len(res["rows"]) == 6
     assert all(r["median_s"] > 0 and r["per_step_ns"] > 0 for r in res["rows"])
     assert any("lecopt join 8 / 1 piece" == k for k in res["ratios"])

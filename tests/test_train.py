@@ -216,6 +216,40 @@ def test_history_shapes_and_json(small):
     assert train.History.from_dict(d) == h
 
 
+def test_history_records_the_scheduled_learning_rate(small):
+    """Per epoch, alpha_t of the next update: the schedule at the update count reached (a
+    closed form here), a constant rate constant, NaN where optax hides it; sweep records the
+    same; new numbers of one structure compile nothing new."""
+    def decay(a0):
+        return optimizers.sgd(schedules.linear_decay(a0, 0.0, 3 * S), momentum=PHI)
+
+    _, h = quiet_fit(MODEL, decay(0.1), small, epochs=3)
+    np.testing.assert_allclose(h.learning_rate, [0.1 * (1 - (e + 1) * S / (3 * S))
+                                                 for e in range(3)], rtol=1e-6, atol=1e-8)
+    assert h.learning_rate[-1] == 0.0
+    assert train.History.from_dict(json.loads(json.dumps(h.to_dict()))) == h
+    _, const = quiet_fit(MODEL, optimizers.sgd(LR, momentum=PHI), small, epochs=2)
+    assert const.learning_rate == [pytest.approx(LR, rel=1e-7)] * 2
+    _, hidden = quiet_fit(MODEL, optax.adam(1e-3), small, epochs=1)
+    assert np.isnan(hidden.learning_rate).all()
+    from lecopt import partition
+    from lecopt.train import inputs, programs
+
+    key = inputs.prepare(MODEL, small, BATCH, 1024, None).program_key(
+        "stop", partition.split(decay(0.1))[1])
+    before = programs.train_programs(key).learning_rate._cache_size()
+    _, h2 = quiet_fit(MODEL, decay(0.3), small, epochs=1)
+    assert programs.train_programs(key).learning_rate._cache_size() == before == 1
+    assert h2.learning_rate == [pytest.approx(0.3 * 2 / 3, rel=1e-6)]
+    for strategy in ("vmap", "loop"):
+        runs = train.sweep(MODEL, decay, {"a0": [0.1, 0.3]}, small, epochs=2, seeds=[0],
+                           batch_size=BATCH, strategy=strategy, progress=False)
+        for run in runs:
+            np.testing.assert_allclose(run.history.learning_rate,
+                                       [run.setting["a0"] * (1 - (e + 1) / 3) for e in range(2)],
+                                       rtol=1e-6)
+
+
 def test_evaluate_against_numpy(small):
     state, h = quiet_fit(BN_MODEL, optimizers.sgd(LR, momentum=PHI), small, epochs=1)
     x, y = small["x_test"], small["y_test"]
@@ -609,8 +643,10 @@ def test_plot_history(small):
 
     _, h = quiet_fit(MODEL, optimizers.sgd(LR, momentum=PHI), small, epochs=2)
     fig = train.plot_history(h)
-    ax_loss, ax_err = fig.axes
+    ax_loss, ax_err, ax_rate = fig.axes
     assert "loss" in ax_loss.get_ylabel() and "%" in ax_err.get_ylabel()
+    assert "learning rate" in ax_rate.get_ylabel() and ax_rate.get_yscale() == "log"
+    np.testing.assert_allclose(ax_rate.lines[0].get_ydata(), h.learning_rate)
     assert ax_loss.get_xlabel() == "epoch" and ax_loss.get_title()
     assert ax_loss.get_legend() is not None and ax_err.get_legend() is not None
     assert fig.get_suptitle()

@@ -8,6 +8,15 @@ Each section is a module with a ``run(quick=False) -> dict`` that returns ``{"ti
 * :mod:`~lecopt.bench.lr`: the compiled LR range test against a Python loop of jitted steps.
 * :mod:`~lecopt.bench.nn`: lecopt's BatchNorm and MLP against Flax's.
 * :mod:`~lecopt.bench.train`: ``fit``'s compiled epoch and ``sweep``'s strategies.
+* :mod:`~lecopt.bench.schedules`: a joined schedule's cost per step against optax's
+  ``join_schedules``.
+* :mod:`~lecopt.bench.lr_suggest` (``lr-suggest``): every range-test rule's suggestion judged
+  by grid search on a suite of tasks (a table and the regret figure). It trains hundreds of
+  runs (minutes on 2 CPU cores, about a minute with ``--quick``), so it runs only when named
+  (:data:`DEFAULT_SECTIONS` leaves it out).
+
+A section may also return ``"table"`` (text printed instead of the rows) and ``"figures"``
+(file name -> PNG bytes, written under ``out_dir``).
 
 All contestants run through :func:`lecopt.bench.timing.interleaved`: interleaved rounds in
 rotated order, medians.
@@ -17,15 +26,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
 
-from lecopt.bench import lr, nn, train, updates
+from lecopt.bench import lr, lr_suggest, nn, schedules, train, updates
 from lecopt.bench.updates import BENCH_SHAPES, OPTIMIZER_CASES, compiled_traffic
 
-__all__ = ["SECTIONS", "run", "format_section", "compiled_traffic", "run_updates",
-           "BENCH_SHAPES", "OPTIMIZER_CASES"]
+__all__ = ["SECTIONS", "DEFAULT_SECTIONS", "run", "format_section", "compiled_traffic",
+           "run_updates", "BENCH_SHAPES", "OPTIMIZER_CASES"]
 
 run_updates = updates.run
 
@@ -34,15 +44,23 @@ SECTIONS: dict[str, Callable[..., dict[str, Any]]] = {
     "lr": lr.run,
     "nn": nn.run,
     "train": train.run,
+    "schedules": schedules.run,
+    "lr-suggest": lr_suggest.section,
 }
 """Section name (as given to ``lecopt bench --only``) -> its ``run(quick=...)``."""
+
+DEFAULT_SECTIONS: tuple[str, ...] = tuple(name for name in SECTIONS if name != "lr-suggest")
+"""What ``lecopt bench`` runs without ``--only``: every section but the minutes-long
+``lr-suggest`` suite."""
 
 
 def format_section(result: dict[str, Any]) -> str:
     """A plain-text table of one section's rows, its ratios and its notes."""
     lines = [f"== {result['title']} =="]
     rows = result.get("rows", [])
-    if rows and "optimizer" in rows[0]:
+    if "table" in result:
+        lines.append(result["table"])
+    elif rows and "optimizer" in rows[0]:
         lines.append(f"{'optimizer':<10} {'contestant':<12} {'median ms':>10} {'Mparam/s':>9} "
                      f"{'loops':>5} {'compiled MB':>11} {'GB/s':>6} {'of bw':>6} "
                      f"{'compiled of bw':>14}")
@@ -73,13 +91,14 @@ def _fmt(v: Any) -> str:
 
 
 def run(sections: Sequence[str] | None = None, quick: bool = False,
-        json_path: str | None = None) -> dict[str, Any]:
-    """Runs the chosen sections (all by default), prints each table, optionally writes JSON.
+        json_path: str | None = None, out_dir: str = "bench-out") -> dict[str, Any]:
+    """Runs the chosen sections (:data:`DEFAULT_SECTIONS` by default), prints each table,
+    writes each section's figures under ``out_dir`` (printing where), optionally the JSON.
 
     Raises:
       ValueError: an unknown section name (before anything runs).
     """
-    names = list(sections or SECTIONS)
+    names = list(sections or DEFAULT_SECTIONS)
     unknown = [name for name in names if name not in SECTIONS]
     if unknown:
         raise ValueError(f"sections: unknown {unknown}; choose from {', '.join(SECTIONS)}")
@@ -87,6 +106,13 @@ def run(sections: Sequence[str] | None = None, quick: bool = False,
                            "quick": quick, "sections": {}}
     for name in names:
         result = SECTIONS[name](quick=quick)
+        figures = result.pop("figures", {})
+        if figures:
+            folder = Path(out_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            for file_name, png in figures.items():
+                (folder / file_name).write_bytes(png)
+                result.setdefault("notes", []).append(f"figure: wrote {folder / file_name}")
         out["sections"][name] = result
         print(format_section(result))
         print()

@@ -265,6 +265,8 @@ class _Run:
         self.history.train_loss.append(train_loss)
         self.history.train_error.append(train_error)
         self.history.skipped.append(self.skipped_in_epoch)
+        self.history.learning_rate.append(float(self.compiled.learning_rate(
+            self.hyperparameters, self.state.opt_state)))
         if self.setup.x_test is not None:
             test_loss, test_error = evaluate_test(self.state.variables, self.setup.x_test,
                                                   self.setup.y_test)

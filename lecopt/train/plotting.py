@@ -13,7 +13,8 @@ __all__ = ["plot_history"]
 
 
 def plot_history(history: History | Mapping[str, Any], ax: Any = None) -> Any:
-    """Training and test loss and error per epoch (and the per-step loss, faint).
+    """Training and test loss and error per epoch (and the per-step loss, faint), and the
+    learning rate at each epoch's end on the error panel's right axis (log scale).
 
     Args:
       history: a :class:`~lecopt.train.History` or its :meth:`~lecopt.train.History.to_dict`.
@@ -31,6 +32,10 @@ def plot_history(history: History | Mapping[str, Any], ax: Any = None) -> Any:
       >>> fig = train.plot_history(h)
       >>> [a.get_title() for a in fig.axes], fig.get_suptitle()
       (['Loss', 'Error'], 'Training history (2 epochs, batch 32)')
+      >>> h.learning_rate = [0.1, 0.05]
+      >>> train.plot_history(h).axes[2].get_ylabel()
+      'learning rate alpha at epoch end (log)'
+
     """
     import matplotlib.pyplot as plt
 
@@ -75,6 +80,16 @@ def plot_history(history: History | Mapping[str, Any], ax: Any = None) -> Any:
         ax_err.set_xlabel("epoch")
         ax_err.set_title("Error")
         ax_loss.legend()
-        ax_err.legend()
+        handles, labels = ax_err.get_legend_handles_labels()
+        rates = np.asarray(h.learning_rate, np.float64)
+        if rates.size and np.any(np.isfinite(rates) & (rates > 0)):
+            ax_rate = ax_err.twinx()
+            ax_rate.plot(epoch_ends[: rates.size], rates, "^:", color="0.35",
+                         label="learning rate (right axis)")
+            ax_rate.set_yscale("log")
+            ax_rate.set_ylabel("learning rate alpha at epoch end (log)")
+            more, more_labels = ax_rate.get_legend_handles_labels()
+            handles, labels = handles + more, labels + more_labels
+        ax_err.legend(handles, labels)
         fig.suptitle(f"Training history ({h.epochs} epochs, batch {h.batch_size})")
     return fig

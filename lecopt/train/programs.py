@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from lecopt import partition
+from lecopt import hyperparams, partition
 from lecopt._checks import check_int
 from lecopt.train.records import TrainState
 
@@ -140,9 +140,11 @@ class TrainPrograms(NamedTuple):
 
     ``init(init_key, x1, hyperparameters) -> TrainState``;
     ``train_steps(state, hyperparameters, x, y, order, start, stop, bad, losses, errors)
-    -> (state, losses, errors, skipped, bad)`` (see :func:`_train_steps`). The ``_vmapped``
-    variants run many settings at once (:func:`~lecopt.train.sweep`): one init per key and
-    hyperparameters; training with one epoch order shared by all runs (one seed) or one per run.
+    -> (state, losses, errors, skipped, bad)`` (see :func:`_train_steps`);
+    ``learning_rate(hyperparameters, opt_state)``: the rate of the next update (see
+    :func:`_learning_rate`). The ``_vmapped`` variants run many settings at once
+    (:func:`~lecopt.train.sweep`): one init per key and hyperparameters; training with one epoch
+    order shared by all runs (one seed) or one per run.
     """
 
     init: Callable
@@ -150,6 +152,8 @@ class TrainPrograms(NamedTuple):
     init_vmapped: Callable
     train_steps_vmapped_shared_order: Callable
     train_steps_vmapped: Callable
+    learning_rate: Callable
+    learning_rate_vmapped: Callable
 
 
 def _init_state(key: ProgramKey, init_key: jax.Array, x1: jax.Array,
@@ -214,6 +218,18 @@ def _train_steps(key: ProgramKey, state: TrainState, hyperparameters: list, x: j
     return state, losses, errors, skipped, bad
 
 
+def _learning_rate(key: ProgramKey, hyperparameters: list, opt_state: Any) -> jax.Array:
+    """``lecopt.current_learning_rate`` of the optimizer rebuilt from ``hyperparameters``
+    (new values of the same structure reuse the program); NaN (float32) for an optimizer
+    without one readable learning-rate part (e.g. a plain ``optax.adam``)."""
+    optimizer = key.optimizer.rebuild(hyperparameters)
+    try:
+        rate = hyperparams.current_learning_rate(optimizer, opt_state)
+    except ValueError:  # decided by the structure, at trace time
+        return jnp.full([], jnp.nan, jnp.float32)
+    return jnp.asarray(rate, jnp.float32)
+
+
 @functools.lru_cache(maxsize=64)
 def train_programs(key: ProgramKey) -> TrainPrograms:
     """The jitted programs of one model/optimizer structure (cached: no retracing)."""
@@ -228,6 +244,8 @@ def train_programs(key: ProgramKey) -> TrainPrograms:
         init_vmapped=jax.jit(jax.vmap(init, in_axes=(0, None, 0))),
         train_steps_vmapped_shared_order=jax.jit(jax.vmap(steps, in_axes=shared_order)),
         train_steps_vmapped=jax.jit(jax.vmap(steps, in_axes=own_order)),
+        learning_rate=jax.jit(functools.partial(_learning_rate, key)),
+        learning_rate_vmapped=jax.jit(jax.vmap(functools.partial(_learning_rate, key))),
     )
 
 

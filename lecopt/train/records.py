@@ -61,6 +61,10 @@ class History:
       wall_time: per epoch, seconds since training started (summed over resumed runs; the
         time between the last checkpoint and an interruption is lost).
       skipped: per epoch, number of non-finite steps skipped (``on_nonfinite="skip"``).
+      learning_rate: per epoch, the rate ``alpha_t`` of the next update after the epoch
+        (:func:`lecopt.current_learning_rate` of the optimizer and its state at the epoch's
+        end: a schedule read at the update count reached); NaN for an optimizer whose rate
+        cannot be read back (e.g. a plain ``optax.adam``).
       steps_per_epoch: ``S = N_train // batch_size``.
       batch_size: the minibatch size.
       stopped: ``None``, or ``{"epoch": e, "step": i, "global_step": e*S + i}`` of the
@@ -80,6 +84,7 @@ class History:
     test_error: list[float] = dataclasses.field(default_factory=list)
     wall_time: list[float] = dataclasses.field(default_factory=list)
     skipped: list[int] = dataclasses.field(default_factory=list)
+    learning_rate: list[float] = dataclasses.field(default_factory=list)
     steps_per_epoch: int = 0
     batch_size: int = 0
     stopped: dict[str, int] | None = None

@@ -75,10 +75,11 @@ def sweep(
     * ``"auto"``: :func:`choose_strategy`.
 
     With ``"vmap"``, float values in the grid are passed to ``make_optimizer`` as float32 JAX
-    arrays, so that all settings share one structure (``lecopt.sgd(lr, momentum=0.0)`` with a
-    Python 0 drops the velocity; with an array 0 the velocity is kept and stays ``-alpha g``,
-    the same numbers). Settings whose optimizers still differ in structure (e.g. ``nesterov``
-    True and False) are trained in one vmapped group per structure.
+    arrays (a Python float and an array of it give optimizers of one structure: only ``None``
+    drops a part, e.g. ``lecopt.sgd(lr, momentum=None)`` has no velocity, while
+    ``momentum=0.0`` keeps one that stays ``-alpha g``, the same numbers). Settings whose
+    optimizers still differ in structure (e.g. ``nesterov`` True and False) are trained in one
+    vmapped group per structure.
 
     With ``on_nonfinite="stop"`` a run that meets a non-finite step freezes at its last good
     state and its ``history.stopped`` says where; the other runs go on (no exception).
@@ -165,8 +166,8 @@ def _settings(grid: Mapping[str, Iterable] | Sequence[Mapping[str, Any]]) -> lis
 
 
 def _as_traced_value(v: Any) -> Any:
-    # Floats become float32 arrays, so that e.g. momentum=0.0 keeps the momentum part (a
-    # literal Python 0 drops it) and every setting has one structure; ints, bools, strings and
+    # Floats become float32 arrays, the dtype every setting's numbers are stacked in (the
+    # structure does not depend on it: only None drops a part); ints, bools, strings and
     # callables stay as given (they may choose structure).
     if isinstance(v, float | np.floating):
         return jnp.asarray(v, jnp.float32)
@@ -195,8 +196,10 @@ def _train_in_turn(setup: Setup, compiled: programs.TrainPrograms, members: list
                     no_bad_step, buffer, buffer)
                 test = None if setup.x_test is None else evaluate_test(
                     state.variables, setup.x_test, setup.y_test)
+                rate = compiled.learning_rate(hyperparameters, state.opt_state)
                 stopped = _record_epoch(history, epoch, np.asarray(losses), np.asarray(errors),
-                                        int(skipped), int(bad_step), test, started)
+                                        int(skipped), int(bad_step), test, float(rate),
+                                        started)
                 bar.update(1)
                 if stopped:
                     bar.update(epochs - epoch - 1)
@@ -237,6 +240,7 @@ def _train_vmapped(setup: Setup, compiled: programs.TrainPrograms, members: list
         if setup.x_test is not None:
             test = [np.asarray(v) for v in evaluate_all(state.variables, setup.x_test,
                                                         setup.y_test)]
+        rates = np.asarray(compiled.learning_rate_vmapped(stacked, state.opt_state))
         losses, errors = np.asarray(losses), np.asarray(errors)
         skipped, bad_host = np.asarray(skipped), np.asarray(bad_steps)
         for r in range(len(runs)):
@@ -244,7 +248,7 @@ def _train_vmapped(setup: Setup, compiled: programs.TrainPrograms, members: list
                 active[r] = not _record_epoch(
                     histories[r], epoch, losses[r], errors[r], int(skipped[r]),
                     int(bad_host[r]), None if test is None else (test[0][r], test[1][r]),
-                    started)
+                    float(rates[r]), started)
         bar.update(1)
         if not any(active):
             bar.update(epochs - epoch - 1)
@@ -254,7 +258,8 @@ def _train_vmapped(setup: Setup, compiled: programs.TrainPrograms, members: list
 
 
 def _record_epoch(history: History, epoch: int, losses: np.ndarray, errors: np.ndarray,
-                  skipped: int, bad_step: int, test: Any, started: float) -> bool:
+                  skipped: int, bad_step: int, test: Any, learning_rate: float,
+                  started: float) -> bool:
     """Appends one epoch of one run to its history; True if the run stopped in it."""
     steps = history.steps_per_epoch
     end = steps if bad_step < 0 else bad_step + 1
@@ -268,6 +273,7 @@ def _record_epoch(history: History, epoch: int, losses: np.ndarray, errors: np.n
     history.train_loss.append(train_loss)
     history.train_error.append(train_error)
     history.skipped.append(skipped)
+    history.learning_rate.append(learning_rate)
     if test is not None:
         history.test_loss.append(float(test[0]))
         history.test_error.append(float(test[1]))

@@ -20,7 +20,8 @@ import numpy as np
 import optax
 from jax.tree_util import Partial
 
-from lecopt import schedules, timing
+from lecopt import schedules
+from lecopt.bench import timing
 
 NUM_STEPS = 10_000
 NUM_PIECES = 8
@@ -129,14 +130,3 @@ def run(quick: bool = False) -> dict[str, Any]:
         ],
     }
 
-
-if __name__ == "__main__":
-    out = run()
-    print(out["title"])
-    for row in out["rows"]:
-        print(f"  {row['name']:<44} {row['per_step_ns']:8.2f} ns/step  marginal "
-              f"{row['marginal_per_step_ns']:6.2f} ns  call {row['call_overhead_us']:6.1f} us")
-    for k, v in out["ratios"].items():
-        print(f"  {k}: {v:.2f}")
-    for note in out["notes"]:
-        print(f"  - {note}")

@@ -1,4 +1,5 @@
-"""Benchmark: how good is each range-test suggestion? Judged by grid search on mnist-5k.
+"""Benchmark: how good is each range-test suggestion? Judged by grid search on mnist-5k
+(``lecopt bench --only lr-suggest``).
 
 For every task (model, optimizer, batch size, budget in epochs) of :data:`TASKS`:
 
@@ -363,16 +364,40 @@ def records_to_numpy(keep: Sequence[dict]) -> list[dict]:
     return out
 
 
-if __name__ == "__main__":
-    import pickle
-    import sys
 
-    quick = "--quick" in sys.argv
+def figure_png(fig: Any) -> bytes:
+    """A matplotlib figure as PNG bytes (and the figure closed)."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def section(quick: bool = False) -> dict[str, Any]:
+    """The suite as a ``lecopt bench`` section: ``{"title", "table", "rows", "ratios",
+    "notes", "figures"}``; ``rows`` are :func:`run`'s, ``table`` is :func:`format_table`'s
+    text, ``figures`` holds the regret figure (:func:`plot`) as PNG bytes."""
     t0 = time.perf_counter()
-    kept: list = []
-    out = run(quick=quick, progress=print, keep=kept)
-    if "--save" in sys.argv:
-        with open(sys.argv[sys.argv.index("--save") + 1], "wb") as f:
-            pickle.dump({"rows": out, "records": records_to_numpy(kept)}, f)
-    print(format_table(out))
-    print(f"wall time {time.perf_counter() - t0:.0f} s on {jax.devices()[0].device_kind}")
+    rows = run(quick=quick)
+    seconds = time.perf_counter() - t0
+    s = summary(rows)
+    tasks = QUICK_TASKS if quick else TASKS
+    return {
+        "title": (f"LR range-test suggestions judged by grid search: {len(tasks)} tasks on "
+                  f"mnist-5k{' (quick suite)' if quick else ''}, {SEEDS} seeds"),
+        "table": format_table(rows),
+        "rows": [],
+        "suggestions": rows,
+        "summary": s,
+        "ratios": {f"{rule} median regret": v["median_regret"] for rule, v in s.items()},
+        "notes": [
+            f"device: {jax.devices()[0].device_kind}; wall time {seconds:.0f} s",
+            f"regret = final training loss at the suggested rate (exact) / grid-best loss; "
+            f"hit: regret <= {HIT}",
+        ],
+        "figures": {"lr_suggest_regret.png": figure_png(plot(rows))},
+    }
