@@ -545,6 +545,22 @@ def _masked_moments(x: Array, axis: Any, mask: Array) -> tuple[Array, Array, Arr
     return shift, md, m2, n
 
 
+def _merge_batch_moments(parts: Sequence[tuple[Array, ...]]) -> tuple[float, Any, Any]:
+    """(count, mean, biased variance) of all rows from per-batch ``_masked_moments``.
+
+    In float64 on the host, with Chan et al.'s pairwise rule: the total sum of squared
+    deviations is the batches' own plus each batch's count times its mean's squared distance
+    from the overall mean.
+    """
+    shift, md, m2 = (np.stack([np.asarray(p[i], np.float64) for p in parts]) for i in range(3))
+    cnt = np.array([float(p[3]) for p in parts]).reshape((-1,) + (1,) * (md.ndim - 1))
+    means = shift + md
+    total = cnt.sum()
+    mean = (cnt * means).sum(0) / total
+    var = (m2.sum(0) + (cnt * (means - mean) ** 2).sum(0)) / total
+    return float(total), mean, var
+
+
 def population_batch_stats(
     model: nn.Module,
     variables: Mapping[str, Any],
@@ -655,13 +671,7 @@ def population_batch_stats(
     for k, path in enumerate(order):
         if k > 0:  # layer k's input depends on layers 0..k-1, which were just set
             per_batch = run_pass()
-        shift, md, m2 = (np.stack([np.asarray(p[k][i], np.float64) for p in per_batch])
-                         for i in range(3))
-        cnt = np.array([float(p[k][3]) for p in per_batch]).reshape((-1,) + (1,) * (md.ndim - 1))
-        means = shift + md
-        total = cnt.sum()
-        mean = (cnt * means).sum(0) / total
-        var = (m2.sum(0) + (cnt * (means - mean) ** 2).sum(0)) / total
+        total, mean, var = _merge_batch_moments([p[k] for p in per_batch])
         mod = modules[path]
         if isinstance(mod, BatchNorm) and mod.unbiased_running_var:
             var = var * total / (total - 1)
