@@ -88,8 +88,20 @@ def _first_sample(x: Array, reduction: tuple[int, ...]) -> Array:
     return lax.stop_gradient(x[idx])
 
 
-def _axis_size(axis_name: Any) -> int:
-    return int(lax.axis_size(axis_name))
+def _axis_size(axis_name: Any, groups: Any = None) -> int:
+    """Devices that share the statistics: the whole mapped axis, or one group of it."""
+    return int(lax.axis_size(axis_name)) if groups is None else len(groups[0])
+
+
+def _canonical_groups(axis_index_groups: Any) -> tuple[tuple[int, ...], ...] | None:
+    """``axis_index_groups`` as a hashable tuple of equally long tuples (or None)."""
+    if axis_index_groups is None:
+        return None
+    groups = tuple(tuple(int(i) for i in g) for g in axis_index_groups)
+    if not groups or len({len(g) for g in groups}) != 1 or not groups[0]:
+        raise ValueError(f"axis_index_groups={axis_index_groups!r} must be a non-empty list of "
+                         "equally long, non-empty lists of device indices")
+    return groups
 
 
 def _check_enough_values(shape: tuple[int, ...], reduction: tuple[int, ...], devices: int,
@@ -119,27 +131,34 @@ def _local_moments(xf: Array, reduction: tuple[int, ...]) -> tuple[Array, Array,
     return shift, d.sum(reduction, keepdims=True) / m, (d * d).sum(reduction, keepdims=True) / m
 
 
-def _gather_invariant(v: Array, axis_name: Any) -> Array:
+def _gather_invariant(v: Array, axis_name: Any, groups: Any) -> Array:
     """Every device's ``v`` stacked along a new axis 1: shape (len(v), devices, ...).
 
     Written as a psum of one-hot rows rather than ``lax.all_gather``: the result is then the
     same value on every device in ``shard_map``'s type system too (``all_gather``'s is
     "varying"), so the running averages can leave ``shard_map`` replicated; it runs under
-    ``pmap`` as well.
+    ``pmap`` as well. With ``groups``, each device gathers its own group only.
     """
-    rows = jnp.zeros((_axis_size(axis_name),) + v.shape, v.dtype)
-    rows = lax.dynamic_update_index_in_dim(rows, v, lax.axis_index(axis_name), 0)
-    return jnp.moveaxis(lax.psum(rows, axis_name), 1, 0)
+    index = lax.axis_index(axis_name)
+    if groups is not None:  # a device's row is its position within its group
+        position = np.zeros(sum(len(g) for g in groups), np.int32)
+        for g in groups:
+            position[list(g)] = np.arange(len(g))
+        index = jnp.asarray(position)[index]
+    rows = jnp.zeros((_axis_size(axis_name, groups),) + v.shape, v.dtype)
+    rows = lax.dynamic_update_index_in_dim(rows, v, index, 0)
+    return jnp.moveaxis(lax.psum(rows, axis_name, axis_index_groups=groups), 1, 0)
 
 
-def _moments(xf: Array, reduction: tuple[int, ...], axis_name: Any
+def _moments(xf: Array, reduction: tuple[int, ...], axis_name: Any, groups: Any
              ) -> tuple[Array, Array, Array, Array]:
     """Exact batch statistics of ``xf`` (float32 or wider) over ``reduction`` (and devices).
 
     Returns ``(shift, offset, mean, var)``: the output is centred as ``(x - shift) - offset``
     (both terms small next to a large mean, so no digits are lost), ``mean`` is
     ``shift + offset`` rounded once, and ``var`` is the biased variance. With ``axis_name``,
-    ``mean`` and ``var`` are the same on every device (computed from collectives only).
+    ``mean`` and ``var`` are the same on every device (computed from collectives only), or on
+    every device of a group of ``groups`` (``axis_index_groups``).
     """
     if axis_name is None:
         shift, md, md2 = _local_moments(xf, reduction)
@@ -147,7 +166,7 @@ def _moments(xf: Array, reduction: tuple[int, ...], axis_name: Any
         return shift, md, shift + md, var
     shift, md, md2 = _local_moments(xf, reduction)
     m2 = jnp.maximum(md2 - md * md, 0.0)  # local mean squared deviation
-    shifts, mds, m2s = _gather_invariant(jnp.stack([shift, md, m2]), axis_name)
+    shifts, mds, m2s = _gather_invariant(jnp.stack([shift, md, m2]), axis_name, groups)
     # Chan et al.: with equal counts per device, the total mean squared deviation is the
     # average within-device one plus the spread of the device means. Device means are taken
     # relative to device 0's shift, so they are differences of nearby numbers (exact).
@@ -158,9 +177,9 @@ def _moments(xf: Array, reduction: tuple[int, ...], axis_name: Any
     return shift, offset, shifts[0] + abar, var
 
 
-def _train_forward(x, scale, bias, epsilon, reduction, axis_name):
+def _train_forward(x, epsilon, reduction, axis_name, groups):
     xf = x.astype(_compute_dtype(x.dtype))
-    shift, offset, mean, var = _moments(xf, reduction, axis_name)
+    shift, offset, mean, var = _moments(xf, reduction, axis_name, groups)
     r = lax.rsqrt(var + epsilon)
     xhat = ((xf - shift) - offset) * r
     return xhat, r, mean, var
@@ -171,21 +190,22 @@ def _rescale(xhat: Array, scale: Array, bias: Array) -> Array:
     return xhat * scale + bias
 
 
-def _global_mean(v: Array, reduction: tuple[int, ...], axis_name: Any) -> Array:
+def _global_mean(v: Array, reduction: tuple[int, ...], axis_name: Any, groups: Any) -> Array:
     m = math.prod(v.shape[a] for a in reduction)
     s = v.sum(reduction, keepdims=True) / m
-    return s if axis_name is None else lax.pmean(s, axis_name)
+    return s if axis_name is None else lax.pmean(s, axis_name, axis_index_groups=groups)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4, 5, 6))
-def _batch_norm_train(x, scale, bias, epsilon, reduction, axis_name, out_dtype):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4, 5, 6, 7))
+def _batch_norm_train(x, scale, bias, epsilon, reduction, axis_name, groups, out_dtype):
     """``(gamma z~ + beta, mu, sigma^2)`` with batch statistics; scale/bias broadcastable."""
-    xhat, _, mean, var = _train_forward(x, scale, bias, epsilon, reduction, axis_name)
+    xhat, _, mean, var = _train_forward(x, epsilon, reduction, axis_name, groups)
     return _rescale(xhat, scale, bias).astype(out_dtype), mean, var
 
 
 @_batch_norm_train.defjvp
-def _batch_norm_train_jvp(epsilon, reduction, axis_name, out_dtype, primals, tangents):
+def _batch_norm_train_jvp(epsilon, reduction, axis_name, groups, out_dtype, primals,
+                          tangents):
     # d z~ = r (dz - mean(dz) - z~ mean(z~ dz)),   r = 1/sqrt(sigma^2 + eps)
     # d mu = mean(dz),   d sigma^2 = 2 mean((z - mu) dz) = 2 mean(z~ dz) / r.
     # The output tangent is grouped as z~ * t1 + t0 + gamma r dz with per-feature t1, t0 that
@@ -193,10 +213,10 @@ def _batch_norm_train_jvp(epsilon, reduction, axis_name, out_dtype, primals, tan
     # serves both the input's and the parameters' gradient (2 reductions instead of 4).
     x, scale, bias = primals
     dx, dscale, dbias = tangents
-    xhat, r, mean, var = _train_forward(x, scale, bias, epsilon, reduction, axis_name)
+    xhat, r, mean, var = _train_forward(x, epsilon, reduction, axis_name, groups)
     dxf = dx.astype(xhat.dtype)
-    dmean = _global_mean(dxf, reduction, axis_name)
-    dcorr = _global_mean(xhat * dxf, reduction, axis_name)
+    dmean = _global_mean(dxf, reduction, axis_name, groups)
+    dcorr = _global_mean(xhat * dxf, reduction, axis_name, groups)
     a = scale * r
     t1 = dscale - a * dcorr
     t0 = dbias - a * dmean
@@ -211,6 +231,89 @@ def _normalize_with(x, mean, var, scale, bias, epsilon, out_dtype):
     cdt = _compute_dtype(x.dtype)
     xhat = (x.astype(cdt) - mean.astype(cdt)) * lax.rsqrt(var.astype(cdt) + epsilon)
     return _rescale(xhat, scale, bias).astype(out_dtype)
+
+
+def _feature_shape(shape: tuple[int, ...], axis: Any) -> tuple[int, ...]:
+    feature, _ = _axes(len(shape), axis)
+    return tuple(shape[a] for a in feature)
+
+
+def _as_float(x: Any) -> Array:
+    """The input as an array; integers become float32 (statistics need a float)."""
+    x = jnp.asarray(x)
+    return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(_compute_dtype(x.dtype))
+
+
+def _batch_norm_step(
+    x: Array,
+    scale: Array | None,
+    bias: Array | None,
+    ra_mean: Array,
+    ra_var: Array,
+    *,
+    use_running_average: bool,
+    axis: int | Sequence[int],
+    momentum: float,
+    epsilon: float,
+    out_dtype: Any = None,
+    axis_name: Any = None,
+    axis_index_groups: Any = None,
+    unbiased_running_var: bool = False,
+    update_running_averages: bool = True,
+    where: str = "BatchNorm",
+) -> tuple[Array, Array, Array]:
+    """One BatchNorm call: the numerics of both lecopt modules (linen and NNX) live here.
+
+    Training: ``out = gamma (z - mu) / sqrt(sigma^2 + eps) + beta`` with the batch's exact
+    ``mu`` and biased ``sigma^2`` (shifted sums, closed-form derivative, see the module
+    docstring) and ``ra <- momentum ra + (1 - momentum) batch``; prediction: the same with
+    ``ra_mean``, ``ra_var`` and the running averages returned unchanged.
+
+    Args:
+      x: the input (integers are normalized as float32).
+      scale, bias: gamma and beta, of the feature shape, or None for 1 and 0.
+      ra_mean, ra_var: the running averages, of the feature shape; the new ones keep their
+        dtype.
+      use_running_average: normalize with ``ra_mean``/``ra_var`` instead of batch statistics.
+      axis: the feature axis or axes; all others are reduced over.
+      momentum, epsilon: as in the modules.
+      out_dtype: dtype of the output (None: the input's).
+      axis_name, axis_index_groups: mapped axis (and groups of its devices) sharing the
+        statistics.
+      unbiased_running_var: store ``sigma^2 m / (m - 1)`` in the running variance.
+      update_running_averages: False returns the running averages unchanged in training too
+        (linen's ``init``).
+      where: the layer's name in error messages.
+
+    Returns:
+      ``(out, new_ra_mean, new_ra_var)``.
+    """
+    _checks.check_range("momentum", momentum, 0.0, 1.0)
+    _checks.check_range("epsilon", epsilon, 0.0)
+    x = _as_float(x)
+    feature, reduction = _axes(x.ndim, axis)
+    bshape = tuple(x.shape[a] if a in feature else 1 for a in range(x.ndim))
+    cdt = _compute_dtype(x.dtype)
+    out_dtype = jnp.dtype(x.dtype if out_dtype is None else out_dtype)
+    scale = jnp.ones(bshape, cdt) if scale is None else scale.reshape(bshape).astype(cdt)
+    bias = jnp.zeros(bshape, cdt) if bias is None else bias.reshape(bshape).astype(cdt)
+    if use_running_average:
+        y = _normalize_with(x, ra_mean.reshape(bshape), ra_var.reshape(bshape), scale, bias,
+                            epsilon, out_dtype)
+        return y, ra_mean, ra_var
+    groups = _canonical_groups(axis_index_groups)
+    devices = 1 if axis_name is None else _axis_size(axis_name, groups)
+    _check_enough_values(x.shape, reduction, devices, where)
+    y, mean, var = _batch_norm_train(x, scale, bias, float(epsilon), reduction, axis_name,
+                                     groups, out_dtype)
+    if not update_running_averages:
+        return y, ra_mean, ra_var
+    if unbiased_running_var:
+        m = math.prod(x.shape[a] for a in reduction) * devices
+        var = var * (m / (m - 1))
+    new_mean = (momentum * ra_mean + (1.0 - momentum) * mean.reshape(ra_mean.shape))
+    new_var = (momentum * ra_var + (1.0 - momentum) * var.reshape(ra_var.shape))
+    return y, new_mean.astype(ra_mean.dtype), new_var.astype(ra_var.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,51 +395,27 @@ class BatchNorm(nn.Module):
         """
         use_running_average = nn.merge_param(
             "use_running_average", self.use_running_average, use_running_average)
-        _checks.check_range("momentum", self.momentum, 0.0, 1.0)
-        _checks.check_range("epsilon", self.epsilon, 0.0)
-        x = jnp.asarray(x)
-        if not jnp.issubdtype(x.dtype, jnp.floating):
-            x = x.astype(_compute_dtype(x.dtype))
-        feature, reduction = _axes(x.ndim, self.axis)
-        feature_shape = tuple(x.shape[a] for a in feature)
-        bshape = tuple(x.shape[a] if a in feature else 1 for a in range(x.ndim))
-        cdt = _compute_dtype(x.dtype)
-        out_dtype = self.dtype if self.dtype is not None else x.dtype
+        x = _as_float(x)
+        feature_shape = _feature_shape(x.shape, self.axis)
         stat_dtype = jnp.promote_types(self.param_dtype, jnp.float32)
-
-        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros(feature_shape,
-                                                                         stat_dtype))
+        ra_mean = self.variable("batch_stats", "mean",
+                                lambda: jnp.zeros(feature_shape, stat_dtype))
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones(feature_shape, stat_dtype))
-        if self.use_scale:
-            scale = self.param("scale", self.scale_init, feature_shape, self.param_dtype)
-            scale = scale.reshape(bshape).astype(cdt)
-        else:
-            scale = jnp.ones(bshape, cdt)
-        if self.use_bias:
-            bias = self.param("bias", self.bias_init, feature_shape, self.param_dtype)
-            bias = bias.reshape(bshape).astype(cdt)
-        else:
-            bias = jnp.zeros(bshape, cdt)
-
-        if use_running_average:
-            return _normalize_with(x, ra_mean.value.reshape(bshape), ra_var.value.reshape(bshape),
-                                   scale, bias, self.epsilon, out_dtype)
-
+        scale = (self.param("scale", self.scale_init, feature_shape, self.param_dtype)
+                 if self.use_scale else None)
+        bias = (self.param("bias", self.bias_init, feature_shape, self.param_dtype)
+                if self.use_bias else None)
         # While initializing, the mapped axis need not exist (as in Flax).
-        axis_name = None if self.is_initializing() else self.axis_name
-        devices = 1 if axis_name is None else _axis_size(axis_name)
-        _check_enough_values(x.shape, reduction, devices, "BatchNorm")
-        y, mean, var = _batch_norm_train(x, scale, bias, float(self.epsilon), reduction,
-                                         axis_name, jnp.dtype(out_dtype))
-        if not self.is_initializing():
-            m = math.prod(x.shape[a] for a in reduction) * devices
-            if self.unbiased_running_var:
-                var = var * (m / (m - 1))
-            mom = self.momentum
-            ra_mean.value = (mom * ra_mean.value
-                             + (1.0 - mom) * mean.reshape(feature_shape)).astype(stat_dtype)
-            ra_var.value = (mom * ra_var.value
-                            + (1.0 - mom) * var.reshape(feature_shape)).astype(stat_dtype)
+        initializing = self.is_initializing()
+        y, new_mean, new_var = _batch_norm_step(
+            x, scale, bias, ra_mean.value, ra_var.value,
+            use_running_average=bool(use_running_average), axis=self.axis,
+            momentum=self.momentum, epsilon=self.epsilon, out_dtype=self.dtype,
+            axis_name=None if initializing else self.axis_name,
+            unbiased_running_var=self.unbiased_running_var,
+            update_running_averages=not initializing)
+        if not use_running_average and not initializing:
+            ra_mean.value, ra_var.value = new_mean, new_var
         return y
 
 
@@ -445,6 +524,22 @@ def _masked_moments(x: Array, axis: Any, mask: Array) -> tuple[Array, Array, Arr
     md = s1 / n
     m2 = jnp.maximum((d * d).sum(reduction, keepdims=True) - s1 * md, 0.0)
     return shift, md, m2, n
+
+
+def _merge_batch_moments(parts: Sequence[tuple[Array, ...]]) -> tuple[float, Any, Any]:
+    """(count, mean, biased variance) of all rows from per-batch ``_masked_moments``.
+
+    In float64 on the host, with Chan et al.'s pairwise rule: the total sum of squared
+    deviations is the batches' own plus each batch's count times its mean's squared distance
+    from the overall mean.
+    """
+    shift, md, m2 = (np.stack([np.asarray(p[i], np.float64) for p in parts]) for i in range(3))
+    cnt = np.array([float(p[3]) for p in parts]).reshape((-1,) + (1,) * (md.ndim - 1))
+    means = shift + md
+    total = cnt.sum()
+    mean = (cnt * means).sum(0) / total
+    var = (m2.sum(0) + (cnt * (means - mean) ** 2).sum(0)) / total
+    return float(total), mean, var
 
 
 def population_batch_stats(
@@ -557,13 +652,7 @@ def population_batch_stats(
     for k, path in enumerate(order):
         if k > 0:  # layer k's input depends on layers 0..k-1, which were just set
             per_batch = run_pass()
-        shift, md, m2 = (np.stack([np.asarray(p[k][i], np.float64) for p in per_batch])
-                         for i in range(3))
-        cnt = np.array([float(p[k][3]) for p in per_batch]).reshape((-1,) + (1,) * (md.ndim - 1))
-        means = shift + md
-        total = cnt.sum()
-        mean = (cnt * means).sum(0) / total
-        var = (m2.sum(0) + (cnt * (means - mean) ** 2).sum(0)) / total
+        total, mean, var = _merge_batch_moments([p[k] for p in per_batch])
         mod = modules[path]
         if isinstance(mod, BatchNorm) and mod.unbiased_running_var:
             var = var * total / (total - 1)
