@@ -359,3 +359,112 @@ def _show_tail(log, process_id: int, lines: int = 20) -> None:
     tail = log.read().decode(errors="replace").splitlines()[-lines:]
     for line in tail:
         sys.stderr.write(f"[process {process_id}] {line}\n")
+
+
+# --------------------------------------------------------------------------------------------
+# What the training layer needs when a mesh spans processes.
+
+
+def spans_processes(mesh) -> bool:
+    """Whether ``mesh`` holds devices of other processes than this one."""
+    import jax
+
+    here = jax.process_index()
+    return any(d.process_index != here for d in mesh.devices.flat)
+
+
+def is_main_process() -> bool:
+    """Process 0 (or the only one): the one that shows progress and writes result files."""
+    import jax
+
+    return jax.process_index() == 0
+
+
+def gathered(x, index, sharding):
+    """The global array ``x[index]`` of which this process computes and transfers only the
+    part its own devices hold.
+
+    ``x`` is a host array that every process holds whole (the same in each), ``index`` an
+    integer array of shape ``index.shape``; the result has shape ``index.shape + x.shape[1:]``
+    and ``sharding``. Each device's block ``x[index[block]]`` is gathered on the host by the
+    process that owns the device (``jax.make_array_from_callback``), so with a minibatch axis
+    split over the mesh each process moves only its slice of every minibatch.
+    """
+    import jax
+    import numpy as np
+
+    x = np.asarray(x)
+    index = np.asarray(index)
+    shape = tuple(index.shape) + tuple(x.shape[1:])
+
+    def block(where):
+        lead = tuple(where[:index.ndim])
+        return x[index[lead]][(slice(None),) * index.ndim + tuple(where[index.ndim:])]
+
+    return jax.make_array_from_callback(shape, sharding, block)
+
+
+def mismatched_fields(fields: dict) -> dict[str, list[int]]:
+    """``{name: [processes]}`` of the fields whose value differs from process 0's.
+
+    ``fields`` maps names to JSON-able values (or bytes); each process hashes its values and
+    the digests are all-gathered, so every process gets the same answer (empty if all agree).
+    Every process must call it, with the same names.
+    """
+    import hashlib
+    import json
+
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    names = sorted(fields)
+    digests = []
+    for k in names:
+        v = fields[k]
+        raw = v if isinstance(v, bytes) else json.dumps(v, sort_keys=True).encode()
+        digests.append(np.frombuffer(hashlib.sha256(raw).digest()[:8], np.uint32))
+    mine = np.stack(digests)  # (fields, 2)
+    everyone = np.asarray(multihost_utils.process_allgather(mine))  # (processes, fields, 2)
+    out = {}
+    for j, k in enumerate(names):
+        differ = [p for p in range(everyone.shape[0])
+                  if not np.array_equal(everyone[p, j], everyone[0, j])]
+        if differ:
+            out[k] = differ
+    return out
+
+
+def content_digest(*arrays) -> bytes:
+    """SHA-256 of the arrays' dtypes, shapes and bytes (None counts as absent)."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256()
+    for a in arrays:
+        if a is None:
+            h.update(b"none")
+            continue
+        a = np.ascontiguousarray(np.asarray(a))
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.digest()
+
+
+def replicated(tree, sharding):
+    """``tree`` with every array leaf made a global array of ``sharding`` (Python numbers stay).
+
+    Every process gives the same values and places its own copy on its own devices (no
+    cross-process check or transfer: ``jax.device_put`` of a host value to a sharding that
+    spans processes first all-gathers it to compare, and fails on 0-d values in jax 0.10).
+    """
+    import jax
+    import numpy as np
+
+    def one(leaf):
+        if isinstance(leaf, bool | int | float | complex):
+            return leaf
+        a = np.asarray(leaf)
+        return jax.make_array_from_callback(a.shape, sharding, lambda where: a[where])
+
+    return jax.tree.map(one, tree)
