@@ -6,7 +6,7 @@ hyperparameters; schedules are pure functions of the step; BatchNorm is a Flax m
 
 from optax import apply_updates
 
-from lecopt import data, landscapes, nn, schedules, train
+from lecopt import data, landscapes, nn, schedules
 from lecopt.lr_finder import LRRangeTestResult, lr_range_test
 from lecopt.optimizers import adagrad, adam, lookahead_params, rmsprop, sgd
 from lecopt.transforms import (
@@ -26,6 +26,16 @@ from lecopt.transforms import (
 )
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # The training layer is imported when first used, so that importing the core
+    # (lecopt.transforms, lecopt.optimizers, ...) does not load it: the core never depends on it.
+    if name == "train":
+        import importlib
+
+        return importlib.import_module("lecopt.train")
+    raise AttributeError(f"module 'lecopt' has no attribute {name!r}")
 
 __all__ = [
     "AdamState",

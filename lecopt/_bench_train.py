@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lecopt import data, nn, optimizers, timing, train
+from lecopt import data, nn, optimizers, partition, timing, train
+from lecopt.train import inputs, programs
 
 BATCH = 128
 SETTINGS = [{"learning_rate": lr, "momentum": m} for lr in (0.01, 0.02, 0.05, 0.1)
@@ -96,12 +97,11 @@ def _fit_epoch_section(ds: Any, rounds: int, repeats: int) -> tuple[list, dict, 
     hand_epoch, hand_steps, permutation = _hand_written(model, ds, tx)
 
     # fit's compiled epoch on its own, from the state fit starts with.
-    setup = train._prepare(model, ds, BATCH, 1024, None)
-    spec, leaves = train._split_tx(tx)
-    progs = train._programs(setup.static("stop", spec))
-    init_key, data_key = train._keys(0)
-    state0 = progs["init"](init_key, setup.x[:1], leaves)
-    order = train._order(data_key, 0, setup.n, setup.steps, BATCH)
+    setup = inputs.prepare(model, ds, BATCH, 1024, None)
+    leaves, structure = partition.split(tx)
+    compiled = programs.train_programs(setup.program_key("stop", structure))
+    state0 = train.init_state(model, tx, setup.x, seed=0)
+    order = programs.epoch_order(programs.seed_keys(0)[1], 0, setup.n, setup.steps, BATCH)
     buf = jnp.zeros([setup.steps], jnp.float32)
     no_bad = jnp.asarray(-1, jnp.int32)
     perm = permutation(0)
@@ -113,7 +113,7 @@ def _fit_epoch_section(ds: Any, rounds: int, repeats: int) -> tuple[list, dict, 
     contestants = {
         "fit, 1 epoch end to end": fit_one,
         "hand-written Flax+optax loop, 1 epoch end to end": hand_epoch,
-        "fit's compiled epoch (31 steps)": lambda: jax.block_until_ready(progs["train"](
+        "fit's compiled epoch (31 steps)": lambda: jax.block_until_ready(compiled.train_steps(
             state0, leaves, setup.x, setup.y, order, 0, setup.steps, no_bad, buf, buf)),
         "loop of 31 jitted steps": lambda: hand_steps(state0.params, state0.opt_state, perm),
     }

@@ -1,8 +1,10 @@
-"""Validation of hyperparameters: concrete values are checked, traced values pass through.
+"""Validation of arguments, in one place for the whole package.
 
-Every factory in lecopt validates its numeric arguments when it is built (``../API.md`` section
-1). A value that is a JAX tracer (inside ``jit``/``vmap``/``inject_hyperparams``) cannot be read,
-so it is accepted as is; a Python number or a concrete array is checked element-wise.
+Every factory in lecopt validates its numeric hyperparameters when it is built. A value that is
+a JAX tracer (inside ``jit``/``vmap``/``inject_hyperparams``) cannot be read, so
+:func:`check_range` and :func:`check_positive_int` accept it as is; a Python number or a
+concrete array is checked element-wise. :func:`check_int` is for counts that must be concrete
+(epochs, steps, batch sizes).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["concrete_values", "check_range", "check_positive_int"]
+__all__ = ["concrete_values", "check_range", "check_positive_int", "check_int"]
 
 
 def concrete_values(value: Any) -> np.ndarray | None:
@@ -73,3 +75,25 @@ def check_positive_int(name: str, value: Any) -> None:
         return
     if not np.all(np.isfinite(arr)) or np.any(arr <= 0) or np.any(arr != np.round(arr)):
         raise ValueError(f"{name}={value!r} is invalid; {name} must be a positive integer")
+
+
+def check_int(name: str, value: Any, minimum: int = 1) -> int:
+    """``value`` as an ``int`` if it is a Python or NumPy integer ``>= minimum``.
+
+    For counts that choose the shape of a program (epochs, steps, batch sizes), which must be
+    concrete. Raises ``TypeError`` for anything but an integer (a bool or ``2.0`` included),
+    ``ValueError`` below ``minimum``; both name the argument, the value and what is allowed.
+
+    Example:
+      >>> check_int("epochs", 3)
+      3
+      >>> check_int("epochs", 0)
+      Traceback (most recent call last):
+      ...
+      ValueError: epochs=0 is out of range; epochs must be an int >= 1
+    """
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name}={value!r} must be an int >= {minimum}")
+    if value < minimum:
+        raise ValueError(f"{name}={value!r} is out of range; {name} must be an int >= {minimum}")
+    return int(value)

@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-DATASETS = ("mnist-5k", "mnist", "fashion-mnist")
+from lecopt.data import DATASETS
+
 OPTIMIZER_NAMES = ("sgd", "adam", "rmsprop", "adagrad")
 SCHEDULE_HELP = (
     "a learning-rate schedule over training steps: 'constant', 'linear:END[:STEPS]' (linear "
@@ -69,7 +69,7 @@ def _only(text: str) -> list[str]:
 
 def make_schedule(spec: str, lr: float, total_steps: int):
     """Builds a schedule from the ``--schedule`` text (see SCHEDULE_HELP); ValueError if bad."""
-    from lecopt import schedules  # noqa: PLC0415 - imported only when asked for
+    from lecopt import schedules
 
     name, *args = spec.split(":")
     try:
@@ -106,13 +106,14 @@ def make_schedule(spec: str, lr: float, total_steps: int):
 
 def build_optimizer(name: str, learning_rate: Any, momentum: float, weight_decay: float,
                     nesterov: bool = False):
-    """The optimizer named on the command line (momentum/weight decay apply to sgd)."""
-    from lecopt import optimizers  # noqa: PLC0415
+    """The optimizer named on the command line (momentum, Nesterov and weight decay apply to
+    sgd), from :data:`lecopt.registry.OPTIMIZERS`."""
+    from lecopt import registry
 
     if name == "sgd":
-        return optimizers.sgd(learning_rate, momentum=momentum, nesterov=nesterov,
-                              weight_decay=weight_decay)
-    return getattr(optimizers, name)(learning_rate)
+        return registry.make_optimizer("nesterov" if nesterov else "momentum", learning_rate,
+                                       momentum, weight_decay=weight_decay)
+    return registry.make_optimizer(name, learning_rate)
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,7 +121,7 @@ def build_optimizer(name: str, learning_rate: Any, momentum: float, weight_decay
 
 
 def _cmd_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from lecopt import bench  # noqa: PLC0415
+    from lecopt import bench
 
     sections = args.only or list(bench.SECTIONS)
     for s in sections:
@@ -133,7 +134,7 @@ def _cmd_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
 
 def _load_data(args, parser):
-    from lecopt import data  # noqa: PLC0415
+    from lecopt import data
 
     try:
         return data.load(args.data, data_dir=args.data_dir)
@@ -146,12 +147,9 @@ def _one_line(e: Exception) -> str:
 
 
 def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    import matplotlib  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    from lecopt import nn, train  # noqa: PLC0415
+    from lecopt import nn, train
 
     ds = _load_data(args, parser)
     steps_per_epoch = len(ds.x_train) // args.batch_size
@@ -179,7 +177,7 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     _, history = train.fit(model, tx, ds, epochs=args.epochs, batch_size=args.batch_size,
                            seed=args.seed, checkpoint_dir=ckpt, progress=not args.quiet,
                            **kwargs)
-    hist = history.to_dict() if hasattr(history, "to_dict") else dict(history)
+    hist = history.to_dict()
     hist["settings"] = {k: v for k, v in vars(args).items() if k != "func"}
     (out / "history.json").write_text(json.dumps(hist, indent=1, default=train.to_jsonable))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -198,51 +196,30 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
 
 def _cmd_lr_find(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    import matplotlib  # noqa: PLC0415
+    import jax.numpy as jnp
+    import matplotlib.pyplot as plt
 
-    matplotlib.use("Agg")
-    import jax  # noqa: PLC0415
-    import jax.numpy as jnp  # noqa: PLC0415
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-    import optax  # noqa: PLC0415
-
-    from lecopt import lr_finder, nn  # noqa: PLC0415
+    from lecopt import lr_finder, nn, train
 
     if args.min_lr >= args.max_lr:
         parser.error(f"--min-lr {args.min_lr:g} must be smaller than --max-lr {args.max_lr:g}")
     ds = _load_data(args, parser)
+    if args.batch_size > len(ds.x_train):
+        parser.error(f"--batch-size {args.batch_size}: larger than the training set")
     model = nn.MLP(features=args.features, num_classes=ds.num_classes,
                    batch_norm=args.batch_norm)
-    n = (len(ds.x_train) // args.batch_size) * args.batch_size
-    if n == 0:
-        parser.error(f"--batch-size {args.batch_size}: larger than the training set")
-    perm = jax.random.permutation(jax.random.key(args.seed), len(ds.x_train))[:n]
-    xb = jnp.asarray(ds.x_train)[perm].reshape(n // args.batch_size, args.batch_size, -1)
-    yb = jnp.asarray(ds.y_train)[perm].reshape(n // args.batch_size, args.batch_size)
-    variables = model.init(jax.random.key(args.seed), xb[0], train=False)
-    params = variables["params"]
-
-    def logits_loss(logits, y):
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
     def make_tx(lr):
         return build_optimizer(args.optimizer, lr, args.momentum, args.weight_decay)
 
-    if args.batch_norm:
-        def loss_fn(params, state, batch):
-            logits, upd = model.apply({"params": params, **state}, batch[0], train=True,
-                                      mutable=["batch_stats"])
-            return logits_loss(logits, batch[1]), upd
-
-        model_state = {"batch_stats": variables["batch_stats"]}
-    else:
-        def loss_fn(params, batch):
-            return logits_loss(model.apply({"params": params}, batch[0], train=False), batch[1])
-
-        model_state = None
-    result = lr_finder.lr_range_test(loss_fn, params, (xb, yb), make_tx, min_lr=args.min_lr,
-                                     max_lr=args.max_lr, num_steps=args.steps,
-                                     model_state=model_state)
+    # What `lecopt train` with this seed trains: its initial state, its loss, the minibatches
+    # of its first epoch.
+    state = train.init_state(model, make_tx(args.max_lr), ds.x_train, seed=args.seed)
+    order = train.batch_order(args.seed, 0, len(ds.x_train), args.batch_size)
+    batches = (jnp.asarray(ds.x_train)[order], jnp.asarray(ds.y_train)[order])
+    result = lr_finder.lr_range_test(train.loss_function(model), state.params, batches, make_tx,
+                                     min_lr=args.min_lr, max_lr=args.max_lr,
+                                     num_steps=args.steps, model_state=state.batch_stats)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     result.plot(ax=ax)
     ax.set_title(f"LR range test: {args.optimizer}"
@@ -260,7 +237,7 @@ def _cmd_lr_find(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
 
 
 def _cmd_reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from lecopt.experiments import runner  # noqa: PLC0415
+    from lecopt.experiments import runner
 
     return runner.main(args, parser)
 
@@ -349,10 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("MPLBACKEND", "Agg")
+    # The command writes figures to files: no window, whatever the environment says. Only the
+    # front end chooses the backend; the library never does.
+    import matplotlib
+
+    matplotlib.use("Agg")
     parser = build_parser()
     args = parser.parse_args(argv)
-    sub = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001
+    sub = parser._subparsers._group_actions[0].choices[args.command]
     return int(args.func(args, sub) or 0)
 
 

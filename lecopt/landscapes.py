@@ -34,7 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lecopt._checks import check_range
+from lecopt import partition
+from lecopt._checks import check_int, check_range
 
 __all__ = [
     "Landscape",
@@ -346,33 +347,12 @@ LANDSCAPES: Mapping[str, Landscape] = types.MappingProxyType(
 # ----------------------------------------------------------------------------- trajectories
 
 
-def _is_dynamic(leaf: Any) -> bool:
-    # Numbers and arrays become arguments of the compiled program; everything else (functions
-    # inside optax closures, flags) is static and part of the cache key.
-    if isinstance(leaf, bool | np.bool_):
-        return False
-    return isinstance(leaf, jax.Array | np.ndarray | np.generic | numbers.Number)
-
-
-def _partition(tree: Any) -> tuple[list[Any], tuple[Any, ...]]:
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    mask = tuple(_is_dynamic(leaf) for leaf in leaves)
-    dynamic = [leaf for leaf, d in zip(leaves, mask) if d]
-    static = tuple(leaf for leaf, d in zip(leaves, mask) if not d)
-    return dynamic, (treedef, mask, static)
-
-
-def _combine(dynamic: Sequence[Any], static: tuple[Any, ...]) -> Any:
-    treedef, mask, static_leaves = static
-    dyn, sta = iter(dynamic), iter(static_leaves)
-    return jax.tree_util.tree_unflatten(treedef, [next(dyn) if d else next(sta) for d in mask])
-
-
 @functools.partial(jax.jit, static_argnames=("static", "fn", "num_steps"))
 def _trajectory(
-    dynamic: list[Any], x0: jax.Array, *, static: tuple[Any, ...], fn: Callable, num_steps: int
+    dynamic: list[Any], x0: jax.Array, *, static: partition.Structure, fn: Callable,
+    num_steps: int
 ) -> jax.Array:
-    optimizer = _combine(dynamic, static)
+    optimizer = static.rebuild(dynamic)
     grad_fn = jax.grad(fn)
 
     def step(carry, _):
@@ -428,17 +408,10 @@ def trajectory(
         )
     if not callable(fn):
         raise TypeError(f"fn={fn!r} must be a function x -> scalar")
-    if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral) or num_steps < 0:
-        raise ValueError(f"num_steps={num_steps!r} is invalid; num_steps must be an integer >= 0")
+    num_steps = check_int("num_steps", num_steps, minimum=0)
     x0 = _vector(x0, "trajectory", size=None)
-    dynamic, static = _partition(optimizer)
-    try:
-        hash(static)
-    except TypeError as e:
-        raise TypeError(
-            f"optimizer: its non-numeric parts must be hashable to be compiled ({e})"
-        ) from None
-    return _trajectory(dynamic, x0, static=static, fn=fn, num_steps=int(num_steps))
+    dynamic, static = partition.split(optimizer)
+    return _trajectory(dynamic, x0, static=static, fn=fn, num_steps=num_steps)
 
 
 # ----------------------------------------------------------------------------- plotting
@@ -500,8 +473,7 @@ def contour(
     (x1_lo, x1_hi), (x2_lo, x2_hi) = window
     if not (x1_lo < x1_hi and x2_lo < x2_hi):
         raise ValueError(f"window={window!r} must be ((lo, hi), (lo, hi)) with lo < hi")
-    if isinstance(num, bool) or not isinstance(num, numbers.Integral) or num < 2:
-        raise ValueError(f"num={num!r} must be an integer >= 2")
+    num = check_int("num", num, minimum=2)
     g1, g2 = np.meshgrid(np.linspace(x1_lo, x1_hi, num), np.linspace(x2_lo, x2_hi, num))
     points = jnp.asarray(np.stack([g1.ravel(), g2.ravel()], axis=1), dtype=jnp.float32)
     values = np.asarray(jax.jit(jax.vmap(fn))(points)).reshape(g1.shape)

@@ -32,7 +32,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from lecopt import landscapes, optimizers
+from lecopt import landscapes, registry
 
 __all__ = [
     "Control",
@@ -347,19 +347,8 @@ def show(draw: Callable[..., Any], controls: Mapping[str, Control], *,
 # The path explorer
 
 
-def _gd(lr: float, phi: float) -> Any:
-    return optimizers.sgd(lr)
-
-
-OPTIMIZERS: Mapping[str, tuple[str, Callable[[float, float], Any]]] = {
-    "gd": ("gradient descent", _gd),
-    "momentum": ("momentum", lambda lr, phi: optimizers.sgd(lr, momentum=phi)),
-    "nesterov": ("Nesterov", lambda lr, phi: optimizers.sgd(lr, momentum=phi, nesterov=True)),
-    "adagrad": ("Adagrad", lambda lr, phi: optimizers.adagrad(lr)),
-    "rmsprop": ("RMSProp", lambda lr, phi: optimizers.rmsprop(lr)),
-    "adam": ("Adam", lambda lr, phi: optimizers.adam(lr, b1=phi)),
-}
-"""Name -> (label, ``make(learning_rate, momentum)``); Adam uses the momentum as ``rho1``."""
+OPTIMIZERS = registry.OPTIMIZERS
+"""Name -> :class:`lecopt.registry.OptimizerEntry` (the package's one table)."""
 
 # The lecture's app draws SGD red and momentum blue on Styblinski-Tang.
 _COLORS = {"gd": "tab:red", "momentum": "tab:blue", "nesterov": "tab:green",
@@ -367,10 +356,9 @@ _COLORS = {"gd": "tab:red", "momentum": "tab:blue", "nesterov": "tab:green",
 
 
 def make_optimizer(name: str, learning_rate: float, momentum: float = 0.9) -> Any:
-    """The optimizer ``name`` of :data:`OPTIMIZERS` with the given rate and momentum."""
-    if name not in OPTIMIZERS:
-        raise ValueError(f"optimizer={name!r} is unknown; choose from {sorted(OPTIMIZERS)}")
-    return OPTIMIZERS[name][1](float(learning_rate), float(momentum))
+    """The optimizer ``name`` of :data:`OPTIMIZERS` with the given rate and momentum ``phi``
+    (Adam takes it as ``rho1``; Adagrad, RMSProp and gradient descent have none)."""
+    return registry.make_optimizer(name, float(learning_rate), float(momentum))
 
 
 def draw_paths(
@@ -415,7 +403,7 @@ def draw_paths(
     ax.plot([x0[0]], [x0[1]], "ws", ms=7, mec="k", label="start", zorder=6)
     f_values = jax.jit(jax.vmap(record.fn))
     for name in optimizers:
-        label = OPTIMIZERS[name][0] if name in OPTIMIZERS else name
+        label = OPTIMIZERS[name].label if name in OPTIMIZERS else name
         path = np.asarray(landscapes.trajectory(make_optimizer(name, lr, phi), record.fn, x0,
                                                 steps))
         finite = np.all(np.isfinite(path), axis=1)
@@ -483,7 +471,7 @@ def explore_paths(
                                "Styblinski-Tang": "styblinski_tang",
                                "saddle": "saddle", "Rosenbrock": "rosenbrock"}, landscape,
                               label="test function"),
-        "optimizers": select_multiple({v[0]: k for k, v in OPTIMIZERS.items()}, optimizers,
+        "optimizers": select_multiple({v.label: k for k, v in OPTIMIZERS.items()}, optimizers,
                                       label="optimizers"),
         "learning_rate": log_slider(1e-4, 1.0, learning_rate or s["learning_rate"],
                                     label="learning rate alpha"),

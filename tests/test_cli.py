@@ -6,7 +6,11 @@ import json
 import subprocess
 import sys
 
+import chex
+import jax.numpy as jnp
 import pytest
+
+from lecopt import data
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -56,10 +60,44 @@ def test_lr_find(tmp_path):
     p = lecopt("lr-find", "--features", "32", "--steps", "40", "--min-lr", "1e-5",
                "--max-lr", "10", "--out", str(fig))
     assert p.returncode == 0, p.stderr[-2000:]
-    assert "suggested learning rate:" in p.stdout
-    suggestion = float(p.stdout.split("suggested learning rate:")[1].split()[0])
-    assert 1e-5 < suggestion < 10
     assert fig.read_bytes()[:8] == PNG_MAGIC
+    assert "suggested learning rate:" in p.stdout
+
+
+def test_lr_find_starts_where_train_starts_and_prints_the_steepest_decline(
+        tmp_path, monkeypatch, capsys):
+    """In-process: the range test gets the parameters and minibatches `lecopt train` with the
+    same seed starts from, and the printed suggestion is a NumPy recomputation of the rule."""
+    from lecopt import cli, lr_finder, train
+    from tests.test_lr_finder import _numpy_suggestions
+
+    seen = {}
+    real_range_test, real_fit = lr_finder.lr_range_test, train.fit
+
+    def range_test(loss_fn, params, batches, optimizer, **kw):
+        seen["lr_find"] = params, batches
+        seen["result"] = real_range_test(loss_fn, params, batches, optimizer, **kw)
+        return seen["result"]
+
+    def fit(*args, **kw):
+        return real_fit(*args, callback_steps=(0,),
+                        callback=lambda step, state: seen.setdefault("train", state), **kw)
+
+    monkeypatch.setattr(lr_finder, "lr_range_test", range_test)
+    monkeypatch.setattr(train, "fit", fit)
+    common = ["--features", "16", "--batch-norm", "--seed", "3", "--batch-size", "64"]
+    assert cli.main(["lr-find", *common, "--steps", "30", "--out", str(tmp_path / "lr.png")]) == 0
+    printed = capsys.readouterr().out
+    assert cli.main(["train", *common, "--epochs", "1", "--quiet",
+                     "--out", str(tmp_path / "run")]) == 0
+    params, (xb, yb) = seen["lr_find"]
+    chex.assert_trees_all_equal(params, seen["train"].params)
+    ds = data.load("mnist-5k")
+    order = train.batch_order(3, 0, len(ds.x_train), 64)
+    chex.assert_trees_all_equal(xb, jnp.asarray(ds.x_train)[order])
+    chex.assert_trees_all_equal(yb, jnp.asarray(ds.y_train)[order])
+    want = _numpy_suggestions(seen["result"], 30)["steepest"]
+    assert f"suggested learning rate: {want:.3g}" in printed
 
 
 @pytest.mark.parametrize(

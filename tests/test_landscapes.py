@@ -285,8 +285,10 @@ def test_trajectory_bad_arguments():
         L.trajectory(object(), L.saddle, (1.0, 1.0), 3)
     with pytest.raises(TypeError, match="fn"):
         L.trajectory(optax.sgd(0.1), 3, (1.0, 1.0), 3)
-    for bad in (-1, 2.5, True, "3"):
-        with pytest.raises(ValueError, match="num_steps"):
+    with pytest.raises(ValueError, match="num_steps=-1 is out of range"):
+        L.trajectory(optax.sgd(0.1), L.saddle, (1.0, 1.0), -1)
+    for bad in (2.5, True, "3"):
+        with pytest.raises(TypeError, match="num_steps=.* must be an int >= 0"):
             L.trajectory(optax.sgd(0.1), L.saddle, (1.0, 1.0), bad)
     with pytest.raises(ValueError, match="shape"):
         L.trajectory(optax.sgd(0.1), L.saddle, np.zeros((2, 2)), 3)

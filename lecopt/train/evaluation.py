@@ -1,0 +1,53 @@
+"""``evaluate``: loss and error of a model on a data set, in prediction mode."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import flax
+import jax.numpy as jnp
+
+from lecopt._checks import check_int
+from lecopt.train import programs
+from lecopt.train.inputs import check_model, check_xy
+from lecopt.train.records import Evaluation
+
+__all__ = ["evaluate"]
+
+
+def evaluate(model: flax.linen.Module, variables: Mapping[str, Any], x: Any, y: Any,
+             batch_size: int = 1024) -> Evaluation:
+    """Mean softmax cross-entropy and classification error of ``model`` on ``(x, y)``.
+
+    In prediction mode (``train=False`` when the module takes it; BatchNorm uses its running
+    averages), over all examples (the last batch is padded and masked), in one compiled scan.
+
+    Args:
+      model: the Flax module.
+      variables: ``{"params": ..., ["batch_stats": ...]}`` (e.g. ``state.variables``).
+      x: inputs (N, ...).
+      y: integer labels (N,).
+      batch_size: examples per forward pass.
+
+    Returns:
+      :class:`~lecopt.train.Evaluation` ``(loss, error)``: loss in nats, error as a fraction
+      in [0, 1].
+
+    Example:
+      >>> from lecopt import nn, optimizers, train
+      >>> model = nn.MLP((8,), num_classes=4)
+      >>> state = train.init_state(model, optimizers.sgd(0.1), jnp.zeros((1, 3)))
+      >>> loss, error = train.evaluate(model, state.variables, jnp.zeros((6, 3)),
+      ...                              jnp.arange(6) % 4)
+      >>> round(loss, 4), round(error, 4)  # all logits 0: loss ln 4, argmax class 0
+      (1.3863, 0.6667)
+    """
+    check_model(model)
+    batch_size = check_int("batch_size", batch_size)
+    check_xy("test", x, y)
+    x, y = jnp.asarray(x), jnp.asarray(y, jnp.int32)
+    key = programs.EvalKey(programs.ByValue(model), programs.accepts_train(model), None,
+                           min(batch_size, x.shape[0]))
+    loss, error = programs.eval_programs(key).evaluate(dict(variables), x, y)
+    return Evaluation(float(loss), float(error))
