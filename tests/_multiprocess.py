@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -77,6 +78,11 @@ class Group:
         return [p.pid for p in self.procs if p.poll() is None]
 
 
+def _no_core_dumps() -> None:
+    # A survivor of a killed peer ends with JAX's abort (SIGABRT): no core file in the tree.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
 @contextlib.contextmanager
 def processes(commands: Sequence[tuple[list[str], dict]], log_dir: Path) -> Iterator[Group]:
     """Starts ``(argv, env)`` for each command; kills all of them when the block ends."""
@@ -87,7 +93,8 @@ def processes(commands: Sequence[tuple[list[str], dict]], log_dir: Path) -> Iter
             log = log_dir / f"process-{i}-{time.monotonic_ns()}.log"
             with open(log, "wb") as f:
                 procs.append(subprocess.Popen(argv, env=env, stdout=f, stderr=subprocess.STDOUT,
-                                              cwd=str(ROOT), start_new_session=True))
+                                              cwd=str(ROOT), start_new_session=True,
+                                              preexec_fn=_no_core_dumps))
             logs.append(log)
         yield Group(procs, logs)
     finally:
