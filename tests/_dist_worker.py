@@ -2,12 +2,13 @@
 
 ``python tests/_dist_worker.py CONFIG.json OUT_PREFIX`` trains the run described by
 CONFIG.json (see :func:`setup`) with ``mesh=`` over every device of every process, and writes
-``OUT_PREFIX.<process>.npz``: the final state's leaves, the history as JSON, the number of
-processes and of global and local devices. With ``$JAX_NUM_PROCESSES`` > 1 it first joins the
-run through :func:`lecopt.distributed.initialize` (coordinator, count and index from JAX's
-environment variables, as ``lecopt.distributed.launch_local`` sets them). It prints ``START``
-before training, ``CKPT <step>`` after each checkpoint committed (process 0 renames the
-checkpoints, so only it prints these) and ``DONE`` at the end.
+``OUT_PREFIX.<process>.npz``: the final state's leaves, the history as JSON, ``train.evaluate``
+of the final state on the test set, the number of processes and of global and local devices.
+With ``$JAX_NUM_PROCESSES`` > 1 it first joins the run through
+:func:`lecopt.distributed.initialize` (coordinator, count and index from JAX's environment
+variables, as ``lecopt.distributed.launch_local`` sets them). It prints ``START`` before
+training, ``CKPT <step>`` after each checkpoint committed (process 0 renames the checkpoints,
+so only it prints these) and ``DONE`` at the end.
 """
 
 from __future__ import annotations
@@ -70,11 +71,13 @@ def main() -> None:
     mesh = Mesh(np.array(jax.devices()), ("data",))
     print("START", flush=True)
     state, history = train.fit(model, tx, small, mesh=mesh, **kw)
+    evaluation = train.evaluate(model, state.variables, small["x_test"], small["y_test"])
     leaves = {f"{i:03d}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(state))}
     out = f"{prefix}.{jax.process_index()}.npz"
     tmp = out + ".tmp.npz"
     np.savez(tmp, history=json.dumps(history.to_dict()), processes=jax.process_count(),
-             devices=len(jax.devices()), local_devices=len(jax.local_devices()), **leaves)
+             devices=len(jax.devices()), local_devices=len(jax.local_devices()),
+             evaluate=np.asarray(evaluation, np.float64), **leaves)
     os.replace(tmp, out)
     print("DONE", flush=True)
 

@@ -118,6 +118,14 @@ def worker_envs(num_processes: int, devices_per_process: int, port: int | None =
     return envs
 
 
+def cache_env(directory: str) -> dict[str, str]:
+    """JAX's persistent compilation cache in ``directory``, for every program, by environment
+    variables (read by any process that imports JAX)."""
+    return {"JAX_COMPILATION_CACHE_DIR": directory,
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
 def worker_commands(config: dict, tmp: Path, name: str, num_processes: int,
                     devices_per_process: int, **extra: str) -> tuple[list, Path]:
     """Commands of ``tests/_dist_worker.py`` for ``config`` and the prefix of its results."""

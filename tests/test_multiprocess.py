@@ -45,13 +45,18 @@ def lecture_runs(tmp_path_factory, cache):
     tmp = tmp_path_factory.mktemp("lecture")
     two, prefix2 = mp.worker_commands(LECTURE_RUN, tmp, "two", 2, 2, LECOPT_TEST_JAX_CACHE=cache)
     one, prefix1 = mp.worker_commands(LECTURE_RUN, tmp, "one", 1, 4, LECOPT_TEST_JAX_CACHE=cache)
-    cli_env = mp.worker_envs(1, 1)[0]
-    cli = [([sys.executable, "-m", "lecopt", *CLI_ARGS, "--out", str(tmp / "cli")], cli_env)]
-    with mp.processes(two + one + cli, tmp / "logs") as group:
+    with mp.processes(two + one, tmp / "logs") as group:
         codes = group.wait(RUN_TIMEOUT)
-        assert codes == [0, 0, 0, 0], group.outputs()
-        cli_output = group.output(3)
+        assert codes == [0, 0, 0], group.outputs()
     assert not group.alive()
+    # After the 2-process run: its programs are in the cache (JAX reads the cache settings
+    # from the environment in the processes the command starts).
+    cli_env = dict(mp.worker_envs(1, 1)[0], **mp.cache_env(cache))
+    cli = [([sys.executable, "-m", "lecopt", *CLI_ARGS, "--out", str(tmp / "cli")], cli_env)]
+    with mp.processes(cli, tmp / "logs") as group:
+        codes = group.wait(RUN_TIMEOUT)
+        assert codes == [0], group.outputs()
+        cli_output = group.output(0)
     return mp.results(prefix2, 2), mp.results(prefix1, 1)[0], (tmp / "cli", cli_output)
 
 
@@ -78,7 +83,8 @@ def test_two_processes_agree_with_each_other_bit_for_bit(lecture_runs):
 
 
 def test_two_processes_of_two_devices_equal_one_process_of_four(lecture_runs):
-    (p0, _), one, _ = lecture_runs
+    two, one, _ = lecture_runs
+    p0 = two[0]
     h2, h1 = p0["history"], one["history"]
     assert h2["steps_per_epoch"] == h1["steps_per_epoch"] == 8
     # Float32 rounding: the all-reduces of gradients and BatchNorm statistics sum in another
@@ -91,6 +97,12 @@ def test_two_processes_of_two_devices_equal_one_process_of_four(lecture_runs):
     for a, b in zip(mp.leaves(p0), mp.leaves(one)):
         scale = max(1.0, float(np.max(np.abs(b))))
         assert _max_abs(a, b) < 5e-5 * scale
+    # evaluate() across processes: the same numbers as fit's last test evaluation, in both
+    # processes, and as evaluate() in one process
+    for r in two:
+        assert float(r["evaluate"][0]) == h2["test_loss"][-1]
+        assert float(r["evaluate"][1]) == h2["test_error"][-1]
+    assert _max_abs(p0["evaluate"], one["evaluate"]) < 2e-6
     # and the run trained: the loss fell from about log(10)
     assert h2["step_loss"][0] > 1.5 and h2["train_loss"][-1] < 0.6 * h2["step_loss"][0]
 
@@ -136,14 +148,14 @@ def test_no_coordinator_is_one_clear_line_within_the_timeout(tmp_path, process_i
 # --------------------------------------------------------------------------------------------
 # Kill one process, resume both.
 
-# A small run with a checkpoint every 4 steps: 16 steps per epoch, 8 checkpoints in all.
-KILL_RUN = {"features": [64], "n_train": 1024, "n_test": 200, "epochs": 2, "batch_size": 64,
-            "seed": 3, "lr": 0.05, "checkpoint_every": 4}
+# A small run with a checkpoint every 2 steps: 8 steps per epoch, 8 checkpoints in all.
+KILL_RUN = {"features": [64], "n_train": 512, "n_test": 200, "epochs": 2, "batch_size": 64,
+            "seed": 3, "lr": 0.05, "checkpoint_every": 2}
 HEARTBEAT_S = 10  # a killed process is declared dead after this long
 # (victim, the checkpoint after which it is SIGKILLed): both processes, mid-epoch and at
 # the end of an epoch.
-KILLS = [(1, 8), (0, 16), (1, 24)]
-MORE_KILLS = [(0, 4), (1, 12), (0, 20), (1, 28), (0, 24), (1, 4)]
+KILLS = [(1, 4), (0, 8), (1, 12)]
+MORE_KILLS = [(0, 2), (1, 6), (0, 10), (1, 14), (0, 12), (1, 2)]
 
 
 def _kill_env(cache: str) -> dict:
@@ -177,6 +189,8 @@ def _kill_and_resume(tmp: Path, victim: int, after: int, cache: str) -> dict:
         waited = time.monotonic() - killed_at
         survivor_output = group.output(survivor)
         finished = "DONE" in group.output(0) or "DONE" in group.output(1)
+    print(f"killed process {victim} after checkpoint {after}: the survivor ended with {code} "
+          f"{waited:.1f} s later")
     committed = sorted(int(p.name) for p in (tmp / "checkpoints").iterdir() if p.name.isdigit())
     return {"code": code, "waited": waited, "finished_before_kill": finished,
             "committed": committed, "survivor_output": survivor_output,
@@ -188,11 +202,13 @@ def kills(tmp_path_factory, cache):
     """The uninterrupted checkpointed 2-process run and the KILLS, all at once."""
     root = tmp_path_factory.mktemp("kills")
     reference = dict(KILL_RUN, checkpoint_dir=str(root / "reference-checkpoints"))
-    with ThreadPoolExecutor(len(KILLS) + 1) as pool:
-        ref = pool.submit(_run_to_end, root, "reference", reference, cache)
+    # First the reference alone, which fills the compilation cache, then the kills at once
+    # (they load the programs; their waits for a dead process overlap).
+    ref = _run_to_end(root, "reference", reference, cache)
+    with ThreadPoolExecutor(len(KILLS)) as pool:
         runs = [pool.submit(_kill_and_resume, root / f"kill-{v}-{k}", v, k, cache)
                 for v, k in KILLS]
-        return ref.result(), [r.result() for r in runs]
+        return ref, [r.result() for r in runs]
 
 
 def _check_kill(reference: list[dict], run: dict) -> None:
@@ -222,3 +238,43 @@ def test_more_kill_points(tmp_path, cache, victim, after):
     reference = _run_to_end(tmp_path, "reference",
                             dict(KILL_RUN, checkpoint_dir=str(tmp_path / "ref")), cache)
     _check_kill(reference, _kill_and_resume(tmp_path / "kill", victim, after, cache))
+
+
+# --------------------------------------------------------------------------------------------
+# The launcher leaves nothing behind.
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:  # the field after the state is the parent's pid
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux's /proc")
+@pytest.mark.parametrize("signal_name", ["SIGINT", pytest.param("SIGTERM",
+                                                                 marks=pytest.mark.slow)])
+def test_launcher_interrupted_stops_every_process(tmp_path, signal_name):
+    import signal
+
+    args = ["train", "--local-processes", "2", "--epochs", "50", "--quiet",
+            "--out", str(tmp_path / "out")]
+    env = mp.worker_envs(1, 1)[0]
+    with mp.processes([([sys.executable, "-m", "lecopt", *args], env)], tmp_path) as group:
+        launcher = group.procs[0].pid
+        deadline = time.monotonic() + 60
+        while len(_children(launcher)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        children = _children(launcher)
+        assert len(children) == 2, group.outputs()
+        group.procs[0].send_signal(getattr(signal, signal_name))
+        [code] = group.wait(60)
+        assert code == 130, group.outputs()
+        assert "stopped all 2 processes" in group.output(0)
+    for pid in children:  # reaped by the launcher: gone, not zombies
+        assert not Path(f"/proc/{pid}").exists(), pid

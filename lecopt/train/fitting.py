@@ -74,7 +74,10 @@ def fit(
       seed: derives the initialisation and the data order (:func:`init_state`,
         :func:`~lecopt.train.batch_order`).
       mesh: a ``jax.sharding.Mesh``; every minibatch is split along its first axis, the
-        parameters are replicated. ``batch_size`` must be divisible by that axis' size.
+        parameters are replicated. ``batch_size`` must be divisible by that axis' size. A
+        mesh over several processes' devices (:mod:`lecopt.distributed`): every process
+        makes this same call with the whole data set (the same in each); each transfers
+        only its devices' slice of every minibatch, and all return the same result.
       checkpoint_dir: save checkpoints here and resume from the newest one found.
       checkpoint_every: save every this many steps (counted from the start of training) and at
         the end; default: at the end of every epoch.

@@ -18,7 +18,7 @@ from lecopt._checks import check_int
 from lecopt.train import programs
 
 __all__ = ["NONFINITE_MODES", "COLLECTIONS", "Setup", "prepare", "unpack_data", "check_xy",
-           "check_model", "check_mode", "model_calling_convention"]
+           "check_model", "check_mode", "model_calling_convention", "gathered_test_set"]
 
 NONFINITE_MODES = ("stop", "skip")
 COLLECTIONS = ("params", "batch_stats")
@@ -191,7 +191,7 @@ def _prepare_across_processes(model: Any, x: Any, y: Any, x_test: Any, y_test: A
     replicated = NamedSharding(mesh, PartitionSpec())
     x, y = np.asarray(x), np.asarray(y, np.int32)
     if x_test is not None:
-        x_test, y_test = _gathered_test_set(np.asarray(x_test), np.asarray(y_test, np.int32),
+        x_test, y_test = gathered_test_set(np.asarray(x_test), np.asarray(y_test, np.int32),
                                             eval_batch_size, epoch_sharding)
     x1 = distributed.replicated(x[:1], replicated)
     takes_train = model_calling_convention(model, x1)
@@ -200,7 +200,7 @@ def _prepare_across_processes(model: Any, x: Any, y: Any, x_test: Any, y_test: A
                  epoch_sharding, x1)
 
 
-def _gathered_test_set(x: np.ndarray, y: np.ndarray, batch: int, sharding: Any):
+def gathered_test_set(x: np.ndarray, y: np.ndarray, batch: int, sharding: Any):
     """The test set as global batches (nb, batch, ...) split like the minibatches; the last
     batch is padded with copies of the last example, labelled -1."""
     n = x.shape[0]
