@@ -40,6 +40,8 @@ def main() -> None:
     config_path, prefix = sys.argv[1], sys.argv[2]
     with open(config_path) as f:
         config = json.load(f)
+    # This process's own changes (a test of processes that disagree).
+    config.update(json.loads(os.environ.get("LECOPT_TEST_CONFIG_CHANGES", "{}")))
     import jax
 
     cache = os.environ.get("LECOPT_TEST_JAX_CACHE")

@@ -121,6 +121,23 @@ def test_command_line_local_processes_is_the_same_run(lecture_runs):
     assert output.count("final: train_loss=") == 1, output
 
 
+def test_processes_that_disagree_about_the_run_fail_alike(tmp_path, cache):
+    config = dict(KILL_RUN, epochs=1)
+    commands, _ = mp.worker_commands(config, tmp_path, "disagree", 2, 2,
+                                     LECOPT_TEST_JAX_CACHE=cache)
+    commands[1][1]["LECOPT_TEST_CONFIG_CHANGES"] = json.dumps({"seed": 4, "n_test": 100})
+    with mp.processes(commands, tmp_path / "logs") as group:
+        codes = group.wait(RUN_TIMEOUT)
+    for i, code in enumerate(codes):
+        out = group.output(i)
+        assert code != 0 and "START" in out and "DONE" not in out, out
+        line = [x for x in out.splitlines() if x.startswith("ValueError: fit across 2")]
+        assert line and "the processes disagree about the run" in line[0], out
+        for field in ("seed", "test_data_contents", "eval_batch_size"):
+            assert f"{field} in process(es) [1]" in line[0], line
+        assert "train_data_contents" not in line[0], line
+
+
 @pytest.mark.parametrize("process_id", [0, 1])
 def test_no_coordinator_is_one_clear_line_within_the_timeout(tmp_path, process_id):
     """Process 1 with nobody at the coordinator's address; process 0 with nobody joining."""
