@@ -14,15 +14,19 @@ $(STAMP): pyproject.toml
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lecopt tests
 
+# The tests, and every docstring example in the package (doctests: pyproject testpaths).
 test: $(STAMP)
 	$(VENV)/bin/ruff check lecopt tests
 	$(PY) -m pytest
 
+# Writes only under results/: the checkout stays as it is.
 reproduce: $(STAMP)
-	$(PY) -m lecopt reproduce --out results --figures-dir docs
+	$(PY) -m lecopt reproduce --out results
 
-# The README's figures and claims table come from the full run.
-figures: reproduce
+# A maintainer's act: the full run, and its figures and claims table copied into docs/ and
+# the README.
+figures: $(STAMP)
+	$(PY) -m lecopt reproduce --out results --figures-dir docs
 
 bench: $(STAMP)
 	$(PY) -m lecopt bench

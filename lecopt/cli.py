@@ -255,7 +255,12 @@ def _cmd_lr_find(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
 def _cmd_reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from lecopt.experiments import runner
 
-    return runner.main(args, parser)
+    try:
+        return runner.main(args.out, quick=args.quick, only=args.only, data=args.data,
+                           data_dir=args.data_dir, seed=args.seed,
+                           figures_dir=args.figures_dir, progress=not args.no_progress)
+    except runner.UsageError as e:
+        parser.error(str(e))
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,7 +17,10 @@ learning rate, momentum and optimizers; the optimization paths redraw.
 
 Example:
   >>> from lecopt import widgets
-  >>> widgets.explore_paths("styblinski_tang", optimizers=("gd", "momentum"))  # in a notebook
+  >>> panel = widgets.explore_paths("styblinski_tang", optimizers=("gd", "momentum"),
+  ...                                interactive=False)  # in a notebook: the live panel
+  >>> panel.png[:8] == b"\\x89PNG\\r\\n\\x1a\\n"  # its static figure
+  True
 """
 
 from __future__ import annotations
@@ -257,7 +260,7 @@ class Panel:
         """Draws the figure again with the current values (a failed draw shows its error)."""
         try:
             self.png = self._render()
-        except Exception as e:  # noqa: BLE001 - shown beside the controls, the panel stays usable
+        except Exception as e:  # shown beside the controls, the panel stays usable
             if self.widget is None:
                 raise
             self._status.value = f"<b style='color:#b00'>{type(e).__name__}: {e}</b>"
@@ -338,7 +341,14 @@ def show(draw: Callable[..., Any], controls: Mapping[str, Control], *,
       The panel; as the last expression of a cell it displays itself.
 
     Example:
-      >>> show(lambda a: plot_something(a), {"a": slider(0.0, 1.0, 0.5)})
+      >>> import matplotlib.pyplot as plt
+      >>> def draw(a):
+      ...     fig, ax = plt.subplots()
+      ...     ax.plot([0, 1], [0, a])
+      ...     return fig
+      >>> panel = show(draw, {"a": slider(0.0, 1.0, 0.5)}, interactive=False)
+      >>> panel.values
+      {'a': 0.5}
     """
     return Panel(draw, controls, interactive=interactive, on_change=on_change)
 

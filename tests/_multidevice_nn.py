@@ -2,8 +2,8 @@
 
 Run as a script in a fresh process (the device count must be set before JAX starts):
 ``XLA_FLAGS=--xla_force_host_platform_device_count=4 JAX_PLATFORMS=cpu python
-tests/_multidevice_nn.py`` prints ``ALL OK`` or raises. With ``--bench`` it also times the two
-exact cross-device schemes (forward+backward under ``shard_map``).
+tests/_multidevice_nn.py`` prints ``ALL OK`` or raises. With ``--bench`` it times BatchNorm's
+forward+backward under ``shard_map`` against one device on the whole batch.
 """
 
 from __future__ import annotations
@@ -54,11 +54,10 @@ def bn_fwd_bwd(module, sharded: bool):
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
 
 
-def check_batchnorm(scheme: str) -> None:
-    lnn._CROSS_DEVICE_SCHEME = scheme
+def check_batchnorm() -> None:
     rng = np.random.default_rng(0)
     cases = [((16, 6), 0.0), ((8, 3, 2, 5), 2.0), ((32, 4), 1e4)]
-    for shape, offset in cases if scheme == "gather" else cases[1:]:
+    for shape, offset in cases:
         x = jnp.asarray(rng.normal(size=shape) * rng.uniform(0.5, 2, shape[-1]) + offset,
                         jnp.float32)
         ct = jnp.asarray(rng.normal(size=shape), jnp.float32)
@@ -71,7 +70,7 @@ def check_batchnorm(scheme: str) -> None:
         (l1, (y1, s1)), g1 = bn_fwd_bwd(one, False)(x, params, stats, ct)
         xs = jax.device_put(x, NamedSharding(MESH, P("batch")))
         (l4, (y4, s4)), g4 = bn_fwd_bwd(many, True)(xs, params, stats, ct)
-        what = f"{scheme} {shape} offset {offset:g}"
+        what = f"{shape} offset {offset:g}"
         close(y4, y1, 2e-5, f"output {what}")
         close(s4["mean"], s1["mean"], 1e-6, f"running mean {what}")
         close(s4["var"], s1["var"], 2e-5, f"running var {what}")
@@ -87,7 +86,7 @@ def check_batchnorm(scheme: str) -> None:
             expected = np.sqrt(xd.var(red) / (xd.var(red) + 1e-5))
             yd = (sd - np.asarray(params["bias"])) / np.asarray(params["scale"])
             err = np.max(np.abs(yd.std(0) / expected - 1))
-            assert err <= 1e-3, f"std at offset {offset:g} under shard_map ({scheme}): {err}"
+            assert err <= 1e-3, f"std at offset {offset:g} under shard_map: {err}"
 
 
 def check_pmap() -> None:
@@ -169,33 +168,28 @@ def check_mlp_training() -> None:
 
 
 def bench() -> None:
-    from lecopt.timing import interleaved
+    from lecopt.bench.timing import interleaved
 
     x = jax.random.normal(jax.random.key(0), (4 * 256, 1024)) + 3.0
     ct = jax.random.normal(jax.random.key(1), x.shape)
     xs = jax.device_put(x, NamedSharding(MESH, P("batch")))
-    bn = lnn.BatchNorm(axis_name="batch")
-    v = bn.init(jax.random.key(0), x, use_running_average=False)
-    fns = {}
-    for scheme in ("gather", "two_pass"):
-        lnn._CROSS_DEVICE_SCHEME = scheme
-        f = bn_fwd_bwd(bn, True)
-        jax.block_until_ready(f(xs, v["params"], v["batch_stats"], ct))
-        fns[scheme] = (lambda f=f: jax.block_until_ready(f(xs, v["params"], v["batch_stats"],
-                                                             ct)))
+    many, one = lnn.BatchNorm(axis_name="batch"), lnn.BatchNorm()
+    v = one.init(jax.random.key(0), x, use_running_average=False)
+    sharded, whole = bn_fwd_bwd(many, True), bn_fwd_bwd(one, False)
+    fns = {"4 devices (shard_map)": lambda: jax.block_until_ready(
+               sharded(xs, v["params"], v["batch_stats"], ct)),
+           "1 device": lambda: jax.block_until_ready(
+               whole(x, v["params"], v["batch_stats"], ct))}
     res = interleaved(fns, rounds=20, repeats=3)
     for k, r in res.items():
         print(f"{k}: {r['median'] * 1e3:.3f} ms")
-    print(f"gather / two_pass: {res['gather']['median'] / res['two_pass']['median']:.3f}")
 
 
 if __name__ == "__main__":
     if "--bench" in sys.argv:
         bench()
         sys.exit(0)
-    for scheme in lnn._SCHEMES:
-        check_batchnorm(scheme)
-    lnn._CROSS_DEVICE_SCHEME = "gather"
+    check_batchnorm()
     check_pmap()
     check_one_row_per_device()
     check_mlp_training()

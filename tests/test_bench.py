@@ -8,6 +8,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 from lecopt import bench
 
@@ -24,7 +25,7 @@ def test_compiled_traffic_of_axpy_is_three_streams():
 
 def test_compiled_traffic_of_momentum_counts_every_stream():
     shapes = [(256, 256), (256,)]
-    _, hlo = bench._jax_contestant(bench.OPTIMIZER_CASES["momentum"]["lecopt"](), shapes, 0)
+    _, hlo = bench.updates._jax_contestant(bench.OPTIMIZER_CASES["momentum"]["lecopt"](), shapes, 0)
     t = bench.compiled_traffic(hlo, min_bytes=1 << 16)
     # Only the big leaf counts. XLA:CPU emits single-output loops: nu' = phi nu - alpha g
     # (nu, g in; nu' out) and p' = p + nu' (p, nu' in; p' out): 6 streams in 2 loops.
@@ -32,7 +33,8 @@ def test_compiled_traffic_of_momentum_counts_every_stream():
 
 
 def test_compiled_traffic_of_adam_is_three_loops_ten_streams():
-    _, hlo = bench._jax_contestant(bench.OPTIMIZER_CASES["adam"]["lecopt"](), [(256, 256)], 0)
+    adam = bench.OPTIMIZER_CASES["adam"]["lecopt"]()
+    _, hlo = bench.updates._jax_contestant(adam, [(256, 256)], 0)
     # s (s, g in), r (r, g in), p (p, s', r' in): 3 + 3 + 4 streams.
     assert bench.compiled_traffic(hlo) == {"bytes": 10 * 4 * 256 * 256, "loops": 3}
 
@@ -59,14 +61,22 @@ def test_cli_bench_help_and_bad_section(tmp_path):
     assert "--only" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_bench_json(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench, "BENCH_SHAPES", [(64, 32), (32,)])
-    monkeypatch.setitem(bench.SECTIONS, "updates", "tests.test_bench:_small_updates")
+def test_bench_json(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(bench.SECTIONS, "updates", _small_updates)
     path = tmp_path / "b.json"
-    bench.run(["updates"], quick=True, json_path=str(path), echo=lambda s: None)
+    out = bench.run(["updates"], quick=True, json_path=str(path))
     data = json.loads(path.read_text())
-    assert "updates" in data["sections"]
-    assert data["sections"]["updates"]["ratios"]
+    assert list(data["sections"]) == ["updates"]
+    assert data["sections"]["updates"]["ratios"] == pytest.approx(
+        out["sections"]["updates"]["ratios"])
+    assert set(data["sections"]["updates"]["ratios"]) == {"rmsprop: lecopt/optax"} | (
+        {"rmsprop: lecopt/torch"} if bench.updates._torch_available() else set())
+    assert "ratio rmsprop: lecopt/optax" in capsys.readouterr().out
+
+
+def test_bench_rejects_an_unknown_section_before_running():
+    with pytest.raises(ValueError, match=r"unknown \['gpu'\]; choose from updates, lr, nn, train"):
+        bench.run(["updates", "gpu"])
 
 
 def _small_updates(quick: bool = False):

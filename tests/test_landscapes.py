@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
-import matplotlib
 import numpy as np
 import optax
 import pytest
@@ -12,8 +12,6 @@ from jax.tree_util import Partial
 
 from lecopt import landscapes as L
 from lecopt import optimizers as O
-
-matplotlib.use("Agg")
 
 # ----------------------------------------------------------------------------- references
 # The functions and gradients written out by hand in float64 NumPy.
@@ -140,7 +138,7 @@ def test_gradient_descent_on_quadratic_is_the_closed_form(x64):
     alpha, t = 0.09, np.arange(41)[:, None]
     path = L.trajectory(optax.sgd(alpha), L.quadratic, jnp.array([-9.0, 2.0]), 40)
     expected = np.array([-9.0, 2.0]) * np.array([1 - alpha, 1 - 20 * alpha]) ** t
-    assert path.shape == (41, 2)
+    chex.assert_shape(path, (41, 2))
     np.testing.assert_allclose(path, expected, rtol=1e-10, atol=1e-12)
 
 
@@ -248,7 +246,7 @@ def test_trajectory_vmaps_over_learning_rates():
     lrs = jnp.array([0.005, 0.01, 0.02])
     x0 = jnp.array([-9.0, 2.0])
     paths = jax.vmap(lambda lr: L.trajectory(O.sgd(lr), L.quadratic, x0, 10))(lrs)
-    assert paths.shape == (3, 11, 2)
+    chex.assert_shape(paths, (3, 11, 2))
     for lr, p in zip(lrs, paths):
         expected = (
             np.asarray(x0) * (1 - float(lr) * np.array([1.0, 20.0])) ** np.arange(11)[:, None]

@@ -362,11 +362,9 @@ def test_jit_does_not_recompile_and_vmap_matches_loop():
         close(upds["batch_stats"]["var"][i], upd["batch_stats"]["var"], 1e-6)
 
 
-@pytest.mark.parametrize("scheme", lnn._SCHEMES)
-def test_axis_name_under_named_vmap_equals_whole_batch(monkeypatch, scheme):
+def test_axis_name_under_named_vmap_equals_whole_batch():
     # vmap with an axis name behaves like devices for the collectives (quick, in-process);
     # the real multi-device run is in test_cross_device_... below.
-    monkeypatch.setattr(lnn, "_CROSS_DEVICE_SCHEME", scheme)
     r = rng(14)
     x = jnp.asarray(r.normal(size=(4, 5, 3)) + 1e4, jnp.float32)
     ct = jnp.asarray(r.normal(size=(4, 5, 3)), jnp.float32)

@@ -246,7 +246,7 @@ def test_momentum_results(executed):
 
 
 def _smith(t, base, peak, s):
-    """Smith (2017): cycle, x and the triangle height, as API.md writes them."""
+    """Smith (2017): cycle, x and the triangle height, as the paper writes them."""
     cycle = np.floor(1 + t / (2 * s))
     x = np.abs(t / s - 2 * cycle + 1)
     return cycle, base + (peak - base) * np.maximum(0, 1 - x), np.maximum(0, 1 - x)

@@ -328,7 +328,7 @@ def test_nonfinite_skip_counts_and_goes_on(small):
     assert int(state.step) == 2 * S - 2
     nan_steps = [i for i, v in enumerate(h.step_loss) if not np.isfinite(v)]
     assert nan_steps == [_step_of(17, 0, 0), S + _step_of(17, 0, 1)]
-    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state))
+    chex.assert_tree_all_finite(state)
     assert np.all(np.isfinite(h.train_loss)) and h.train_loss[1] < h.train_loss[0]
     assert h.test_loss[1] < h.test_loss[0] and h.test_error[-1] < 0.8
 
@@ -605,10 +605,7 @@ def test_mesh_of_four_cpu_devices_equals_one_device(tmp_path):
 
 
 def test_plot_history(small):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # conftest sets the Agg backend
 
     _, h = quiet_fit(MODEL, optimizers.sgd(LR, momentum=PHI), small, epochs=2)
     fig = train.plot_history(h)

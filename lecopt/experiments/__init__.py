@@ -1,23 +1,53 @@
-"""The lecture's experiments, each a module that returns its figures and checked claims.
+"""The lecture's experiments: each module checks some of the lecture's claims.
 
-An experiment module defines ``ID`` (short name), ``TITLE``, ``CLAIM_IDS`` (the claim ids it
-produces, in order) and ``run(ctx: Context) -> Result``. Every number in a claim comes from the
-run that produced it; thresholds are constants in the module, fixed before looking at results,
-and written into the claim.
+Every experiment module has the same shape:
+
+* ``ID`` (short name) and ``TITLE``;
+* ``CLAIMS``: its claims, each declared once as a :class:`ClaimSpec` (number, id, statement);
+* ``run(ctx: Context) -> Result``: a table of :class:`Step` rows (measure, claim, figure),
+  handed to :func:`run_steps`, that reads as the list of the claims the module checks.
+
+A measurement returns a :class:`Measured`: its evidence (the numbers in words), the rule it
+applied (thresholds are module constants fixed before looking at results), whether the rule
+holds, the raw numbers, and the data its figure draws. Figures are returned as
+:class:`Figure` objects holding the image bytes; experiments never write files (the runner
+does).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
-from collections.abc import Iterable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, NamedTuple
 
-__all__ = ["Claim", "Figure", "Result", "Context", "REPRODUCED", "NOT_REPRODUCED"]
+__all__ = ["Claim", "ClaimSpec", "Context", "Figure", "Measured", "NOT_REPRODUCED", "REPRODUCED",
+           "Result", "Step", "run_steps"]
 
 REPRODUCED = "REPRODUCED"
 NOT_REPRODUCED = "NOT REPRODUCED"
+
+
+@dataclasses.dataclass(frozen=True)
+class Measured:
+    """What one measurement found, before it is attached to the claim it checks.
+
+    Attributes:
+      evidence: the measurement in words, with its numbers.
+      threshold: the rule applied, in words (fixed before the run).
+      holds: whether the measurement meets the rule.
+      numbers: the raw measured values (JSON-serialisable; they go into ``claims.json``).
+      seeds: for seed-dependent claims ``{"run": n, "held": k}``; None when deterministic.
+      data: whatever the step's figure draws (arrays, curves); not reported.
+    """
+
+    evidence: str
+    threshold: str
+    holds: bool
+    numbers: dict[str, Any] = dataclasses.field(default_factory=dict)
+    seeds: dict[str, int] | None = None
+    data: Any = None
 
 
 @dataclasses.dataclass
@@ -25,9 +55,8 @@ class Claim:
     """One claim of the lecture and what this run measured.
 
     Attributes:
-      id: stable id, e.g. ``"momentum-terminal-velocity"``; the report is ordered by the
-        lecture's claim number ``number`` (1-17).
-      number: the claim's number in the issue's list (1-17).
+      id: stable id, e.g. ``"momentum-terminal-velocity"``.
+      number: the claim's number in the lecture's list (1-17); the report is ordered by it.
       statement: the lecture's statement, in short.
       evidence: the measurement in words with its numbers.
       threshold: the rule applied, in words (fixed before the run).
@@ -57,22 +86,82 @@ class Claim:
         return d
 
 
-@dataclasses.dataclass
-class Figure:
-    """A figure file written by an experiment, with the caption the report shows."""
+class ClaimSpec(NamedTuple):
+    """A claim's identity, declared once per experiment module: number, id and statement."""
 
-    path: str
+    number: int
+    id: str
+    statement: str
+
+    def judged(self, measured: Measured) -> Claim:
+        """The claim with what ``measured`` found."""
+        return Claim(id=self.id, number=self.number, statement=self.statement,
+                     evidence=measured.evidence, threshold=measured.threshold,
+                     holds=bool(measured.holds), numbers=measured.numbers, seeds=measured.seeds)
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure:
+    """A rendered figure: image bytes, the file name it gets, its title and caption.
+
+    Attributes:
+      name: the file stem, e.g. ``"ravine"`` (the runner writes ``figures/<name>.<format>``).
+      caption: the sentence the report shows under it.
+      title: the figure's title (the report's alt text).
+      data: the encoded image.
+      format: ``"png"`` or ``"gif"``.
+    """
+
+    name: str
     caption: str
-    title: str = ""
+    title: str
+    data: bytes = dataclasses.field(repr=False)
+    format: str = "png"
+
+    @property
+    def filename(self) -> str:
+        return f"{self.name}.{self.format}"
+
+    @property
+    def mime_type(self) -> str:
+        return f"image/{self.format}"
+
+    @classmethod
+    def from_matplotlib(cls, fig: Any, name: str, caption: str, dpi: int = 110) -> Figure:
+        """Renders a matplotlib figure to PNG bytes and closes it.
+
+        The title is the figure's suptitle, else the first axes' title.
+        """
+        import matplotlib.pyplot as plt  # noqa: PLC0415 - only drawing needs matplotlib
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+        title = fig.get_suptitle() or (fig.axes[0].get_title() if fig.axes else "")
+        plt.close(fig)
+        return cls(name=name, caption=caption, title=title, data=buf.getvalue())
 
 
 @dataclasses.dataclass
 class Result:
-    """What an experiment returns."""
+    """What an experiment returns: its claims (in its table's order), figures and settings."""
 
     claims: list[Claim]
     figures: list[Figure]
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class Step(NamedTuple):
+    """One row of an experiment's table: measure, the claim it checks, and its figure(s).
+
+    Attributes:
+      measure: ``() -> Measured`` (a ``functools.partial`` binds the context or shared runs).
+      claim: the :class:`ClaimSpec` the measurement checks.
+      figure: ``data -> Figure | list[Figure]`` drawn from ``Measured.data``, or None.
+    """
+
+    measure: Callable[[], Measured]
+    claim: ClaimSpec
+    figure: Callable[[Any], Figure | Sequence[Figure]] | None = None
 
 
 @dataclasses.dataclass
@@ -80,27 +169,19 @@ class Context:
     """Everything an experiment needs from the runner.
 
     Attributes:
-      out_dir: where figures go (``out_dir / "figures"``).
       quick: small settings (the whole quick run must take <= 3 minutes on 2 cores).
       data_name: ``"mnist-5k"`` (embedded), ``"mnist"`` or ``"fashion-mnist"``.
       data_dir: folder of the IDX files for the latter two.
       seed: the base seed; seed-dependent claims use ``seed, seed + 1, ...``.
-      progress: whether to show inner progress bars (epochs).
+      progress: whether to show inner progress bars.
     """
 
-    out_dir: Path
     quick: bool = False
     data_name: str = "mnist-5k"
     data_dir: str | None = None
     seed: int = 0
     progress: bool = True
-    _data: Any = None
-
-    @property
-    def figures_dir(self) -> Path:
-        d = Path(self.out_dir) / "figures"
-        d.mkdir(parents=True, exist_ok=True)
-        return d
+    _data: Any = dataclasses.field(default=None, repr=False)
 
     def data(self):
         """The data set, loaded once per run."""
@@ -110,17 +191,9 @@ class Context:
             self._data = data.load(self.data_name, data_dir=self.data_dir)
         return self._data
 
-    def savefig(self, fig, name: str, caption: str) -> Figure:
-        """Saves a matplotlib figure as ``figures/<name>.png`` and closes it."""
-        import matplotlib.pyplot as plt  # noqa: PLC0415
-
-        path = self.figures_dir / f"{name}.png"
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        title = fig._suptitle.get_text() if fig._suptitle else ""  # noqa: SLF001
-        if not title and fig.axes:
-            title = fig.axes[0].get_title()
-        plt.close(fig)
-        return Figure(path=str(path.relative_to(self.out_dir)), caption=caption, title=title)
+    def seeds(self, count: int) -> list[int]:
+        """``count`` consecutive seeds from the base seed."""
+        return [self.seed + i for i in range(count)]
 
     def progress_bar(self, iterable: Iterable, desc: str, total: int | None = None) -> Iterator:
         """A tqdm bar over ``iterable`` (silent when progress is off)."""
@@ -128,3 +201,16 @@ class Context:
 
         return iter(tqdm(iterable, desc=desc, total=total, leave=False,
                          disable=not self.progress or bool(os.environ.get("LECOPT_NO_PROGRESS"))))
+
+
+def run_steps(ctx: Context, desc: str, steps: Sequence[Step],
+              settings: dict[str, Any] | None = None) -> Result:
+    """Runs an experiment's table: each step's measurement, its claim, then its figure(s)."""
+    claims, figures = [], []
+    for step in ctx.progress_bar(steps, desc=desc, total=len(steps)):
+        measured = step.measure()
+        claims.append(step.claim.judged(measured))
+        if step.figure is not None:
+            drawn = step.figure(measured.data)
+            figures.extend([drawn] if isinstance(drawn, Figure) else drawn)
+    return Result(claims=claims, figures=figures, settings=dict(settings or {}))

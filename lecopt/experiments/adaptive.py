@@ -15,6 +15,8 @@ Three claims of the lecture's "Algorithms with adaptive learning rates" part:
 
 from __future__ import annotations
 
+import functools
+import io
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -24,13 +26,28 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lecopt import landscapes, optimizers, transforms
-from lecopt.experiments import Claim, Context, Result
+from lecopt import landscapes, optimizers, registry, transforms
+from lecopt.experiments import ClaimSpec, Context, Figure, Measured, Result, Step, run_steps
+from lecopt.experiments._common import format_count, majority, seed_tally
 
 ID = "adaptive"
 TITLE = "Adaptive learning rates: Adagrad, RMSProp, Adam"
-CLAIM_IDS = ("adagrad-vs-rmsprop", "adam-bias-correction", "saddle-escape")
-CLAIM_NUMBERS = (11, 12, 13)
+
+ADAGRAD_VS_RMSPROP = ClaimSpec(
+    11, "adagrad-vs-rmsprop",
+    "Adagrad's accumulated squared gradients make its learning rate decrease (1/sqrt(t) under a "
+    "stationary gradient); RMSProp's moving average keeps it level, and RMSProp trains faster "
+    "with the same global rate.")
+ADAM_BIAS_CORRECTION = ClaimSpec(
+    12, "adam-bias-correction",
+    "Adam's moments are initialized at zero and so biased towards zero: E[s^[t]] = (1 - rho1^t) "
+    "E[g]; the corrected s_hat = s/(1 - rho1^t) is unbiased (likewise r and r_hat).")
+SADDLE_ESCAPE = ClaimSpec(
+    13, "saddle-escape",
+    "At a saddle point every method (momentum, Nesterov, Adagrad, RMSProp, Adam) accelerates "
+    "the escape compared with plain SGD; the lecture's animation shows RMSProp fastest, "
+    "followed by Adagrad.")
+CLAIMS = (ADAGRAD_VS_RMSPROP, ADAM_BIAS_CORRECTION, SADDLE_ESCAPE)
 
 # ---------------------------------------------------------------------------- thresholds
 # Fixed before the runs.
@@ -62,7 +79,9 @@ ADAM = {"rho1": 0.9, "rho2": 0.999, "mu": 1.0, "sigma": 1.0, "num_steps": 50,
         "num_seeds": 2000}
 # Claim 13: every method with the landscape's suggested learning rate.
 SADDLE_STEPS = 200
-SADDLE_METHODS = ("SGD", "momentum", "Nesterov", "Adagrad", "RMSProp", "Adam")
+# The lecture's names of the contestants and their entries in lecopt.registry.
+SADDLE_METHODS = {"SGD": "gd", "momentum": "momentum", "Nesterov": "nesterov",
+                  "Adagrad": "adagrad", "RMSProp": "rmsprop", "Adam": "adam"}
 SADDLE_COLORS = {"SGD": "black", "momentum": "tab:red", "Nesterov": "tab:orange",
                  "Adagrad": "tab:green", "RMSProp": "tab:blue", "Adam": "tab:purple"}
 GIF_FRAMES = 60
@@ -115,7 +134,7 @@ def loglog_slope(t: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarra
     """Least-squares slope of ``log y`` against ``log t`` (``y ~ t^slope``).
 
     Example:
-      >>> loglog_slope([1, 10, 100], [1.0, 0.1, 0.01])
+      >>> round(loglog_slope([1, 10, 100], [1.0, 0.1, 0.01]), 12)
       -1.0
     """
     lt, ly = np.log(np.asarray(t, np.float64)), np.log(np.asarray(y, np.float64))
@@ -128,10 +147,6 @@ def loglog_slope(t: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarra
 def _rank(steps: dict[str, int | None]) -> list[str]:
     """Methods ordered by escape step, never-escaped last."""
     return sorted(steps, key=lambda k: math.inf if steps[k] is None else steps[k])
-
-
-def _fmt(n: int | None) -> str:
-    return "never" if n is None else str(n)
 
 
 # ---------------------------------------------------------------------------- claim 11
@@ -149,9 +164,9 @@ def _effective_rate(tx: optax.GradientTransformation, grads: jax.Array) -> jax.A
     return rates
 
 
-def _effective_rates(ctx: Context) -> dict[str, Any]:
+def _effective_rates(seed: int) -> dict[str, Any]:
     c = RATE
-    key = jax.random.PRNGKey(ctx.seed)
+    key = jax.random.PRNGKey(seed)
     grads = c["mu"] + c["sigma"] * jax.random.normal(key, (c["num_steps"],), jnp.float32)
     # The lecture's effective rate alpha / (beta + sqrt(r)) (Algorithms 3 and 4, line 9), read
     # off the optimizers' own updates as -update / g, so the formula stays in the library.
@@ -175,9 +190,9 @@ def _mnist(ctx: Context) -> dict[str, Any]:
     c = MNIST_QUICK if ctx.quick else MNIST_FULL
     ds = ctx.data()
     model = nn.MLP(features=c["features"])
-    makers = {"Adagrad": lambda: optimizers.adagrad(c["alpha"]),
-              "RMSProp": lambda: optimizers.rmsprop(c["alpha"])}
-    seeds = [ctx.seed + i for i in range(c["seeds"])]
+    makers = {"Adagrad": lambda: registry.make_optimizer("adagrad", c["alpha"]),
+              "RMSProp": lambda: registry.make_optimizer("rmsprop", c["alpha"])}
+    seeds = ctx.seeds(c["seeds"])
     histories: dict[str, list[Any]] = {name: [] for name in makers}
     runs = [(s, name) for s in seeds for name in makers]
     for seed, name in ctx.progress_bar(runs, desc="adaptive: MNIST"):
@@ -185,22 +200,21 @@ def _mnist(ctx: Context) -> dict[str, Any]:
                          batch_size=c["batch_size"], seed=seed, progress=False)
         histories[name].append(h)
     final = {name: [float(h.train_loss[-1]) for h in hs] for name, hs in histories.items()}
-    held = sum(r < a for r, a in zip(final["RMSProp"], final["Adagrad"]))
+    lower = [r < a for r, a in zip(final["RMSProp"], final["Adagrad"])]
     return {"settings": c, "seeds": seeds, "histories": histories, "final": final,
-            "held": int(held), "holds": held > len(seeds) / 2, "data": ctx.data_name}
+            "lower": lower, "data": ctx.data_name}
 
 
-def _claim_11(rates: dict[str, Any], mnist: dict[str, Any]) -> Claim:
+def adagrad_vs_rmsprop(ctx: Context) -> Measured:
+    """Claim 11: the effective rates under a stationary gradient, then both on MNIST."""
+    rates, mnist = _effective_rates(ctx.seed), _mnist(ctx)
     c, m = RATE, mnist["settings"]
+    tally = seed_tally(mnist["lower"])
     fa, fr = mnist["final"]["Adagrad"], mnist["final"]["RMSProp"]
     n = len(mnist["seeds"])
     ta = [float(h.test_error[-1]) for h in mnist["histories"]["Adagrad"]]
     tr = [float(h.test_error[-1]) for h in mnist["histories"]["RMSProp"]]
-    return Claim(
-        id="adagrad-vs-rmsprop", number=11,
-        statement=("Adagrad's accumulated squared gradients make its learning rate decrease "
-                   "(1/sqrt(t) under a stationary gradient); RMSProp's moving average keeps it "
-                   "level, and RMSProp trains faster with the same global rate."),
+    return Measured(
         evidence=(f"effective rate alpha/(beta + sqrt(r)) with g ~ N({c['mu']:g}, "
                   f"{c['sigma']:g}^2), t = {c['num_steps'] // 10}..{c['num_steps']}: log-log "
                   f"slope Adagrad {rates['slope_adagrad']:.4f}, RMSProp (rho "
@@ -210,12 +224,12 @@ def _claim_11(rates: dict[str, Any], mnist: dict[str, Any]) -> Claim:
                   f"{m['epochs']} epochs: final training loss RMSProp "
                   f"{', '.join(f'{v:.4f}' for v in fr)} vs Adagrad "
                   f"{', '.join(f'{v:.4f}' for v in fa)} (seeds {mnist['seeds']}): lower on "
-                  f"{mnist['held']}/{n} seeds; test error {np.mean(tr):.3f} vs "
+                  f"{tally['held']}/{n} seeds; test error {np.mean(tr):.3f} vs "
                   f"{np.mean(ta):.3f} (mean)."),
         threshold=(f"Adagrad's slope within {SLOPE_TOL:g} of {ADAGRAD_SLOPE:g} and RMSProp's "
                    f"within {SLOPE_TOL:g} of 0 (t in the last decade), and RMSProp's final "
                    "MNIST training loss below Adagrad's on a majority of seeds"),
-        holds=bool(rates["holds"] and mnist["holds"]),
+        holds=bool(rates["holds"] and majority(mnist["lower"])),
         numbers={"slope_adagrad": rates["slope_adagrad"],
                  "slope_rmsprop": rates["slope_rmsprop"],
                  "final_rate_adagrad": float(rates["adagrad"][-1]),
@@ -225,7 +239,8 @@ def _claim_11(rates: dict[str, Any], mnist: dict[str, Any]) -> Claim:
                  "mnist_final_test_error": {"Adagrad": ta, "RMSProp": tr},
                  "mnist_train_loss": {k: [list(map(float, h.train_loss)) for h in hs]
                                       for k, hs in mnist["histories"].items()}},
-        seeds={"run": n, "held": mnist["held"]},
+        seeds=tally,
+        data={"rates": rates, "mnist": mnist},
     )
 
 
@@ -247,9 +262,10 @@ def _adam_moments(tx: optax.GradientTransformation, grads: jax.Array, b1: jax.Ar
     return out
 
 
-def _adam_bias(ctx: Context) -> tuple[Claim, dict[str, Any]]:
+def adam_bias_correction(seed: int) -> Measured:
+    """Claim 12: the mean of Adam's moments over many gradient sequences, against (1 - rho^t)."""
     c = ADAM
-    key = jax.random.PRNGKey(ctx.seed)
+    key = jax.random.PRNGKey(seed)
     grads = c["mu"] + c["sigma"] * jax.random.normal(key, (c["num_seeds"], c["num_steps"]),
                                                      jnp.float32)
     tx = transforms.scale_by_adam(c["rho1"], c["rho2"])
@@ -272,11 +288,7 @@ def _adam_bias(ctx: Context) -> tuple[Claim, dict[str, Any]]:
     maxes = {"s": float(np.abs(z_s).max()), "s_hat": float(np.abs(z_sh).max()),
              "r": float(np.abs(z_r).max()), "r_hat": float(np.abs(z_rh).max())}
     holds = max(maxes.values()) < BIAS_Z_MAX and abs(z_bias[0]) > BIAS_Z_MAX
-    claim = Claim(
-        id="adam-bias-correction", number=12,
-        statement=("Adam's moments are initialized at zero and so biased towards zero: "
-                   "E[s^[t]] = (1 - rho1^t) E[g]; the corrected s_hat = s/(1 - rho1^t) is "
-                   "unbiased (likewise r and r_hat)."),
+    return Measured(
         evidence=(f"{n} seeds of g ~ N({c['mu']:g}, {c['sigma']:g}^2), rho1={c['rho1']:g}, "
                   f"rho2={c['rho2']:g}, t=1..{c['num_steps']}: mean s^[1]={s[:, 0].mean():.4f}"
                   f" (expected (1 - rho1) E[g] = {(1 - c['rho1']) * eg:.4f}; {abs(z_bias[0]):.0f}"
@@ -292,27 +304,26 @@ def _adam_bias(ctx: Context) -> tuple[Claim, dict[str, Any]]:
         numbers={"max_abs_z": maxes, "z_raw_s_vs_Eg_at_t1": float(z_bias[0]),
                  "mean_s": s.mean(0).tolist(), "mean_s_hat": s_hat.mean(0).tolist(),
                  "mean_r": r.mean(0).tolist(), "mean_r_hat": r_hat.mean(0).tolist()},
+        data={"t": t, "s": s.mean(0), "s_hat": s_hat.mean(0), "r": r.mean(0),
+              "r_hat": r_hat.mean(0), "eg": eg, "eg2": eg2},
     )
-    return claim, {"t": t, "s": s.mean(0), "s_hat": s_hat.mean(0), "r": r.mean(0),
-                   "r_hat": r_hat.mean(0), "se_s": s.std(0, ddof=1) / np.sqrt(n),
-                   "se_s_hat": s_hat.std(0, ddof=1) / np.sqrt(n), "eg": eg, "eg2": eg2}
 
 
 # ---------------------------------------------------------------------------- claim 13
 
 
 def _saddle_optimizers(lr: float, phi: float) -> dict[str, optax.GradientTransformation]:
-    return {
-        "SGD": optimizers.sgd(lr),
-        "momentum": optimizers.sgd(lr, momentum=phi),
-        "Nesterov": optimizers.sgd(lr, momentum=phi, nesterov=True),
-        "Adagrad": optimizers.adagrad(lr),
-        "RMSProp": optimizers.rmsprop(lr),
-        "Adam": optimizers.adam(lr),
-    }
+    """Every method with the same learning rate; momentum and Nesterov with ``phi``.
+
+    Adam keeps its default rho1 (the registry would hand ``phi`` to it as ``b1``); gradient
+    descent, Adagrad and RMSProp have no momentum and ignore it.
+    """
+    return {name: registry.make_optimizer(key, lr, momentum=None if key == "adam" else phi)
+            for name, key in SADDLE_METHODS.items()}
 
 
-def _saddle(ctx: Context) -> tuple[Claim, dict[str, Any]]:
+def saddle_escape() -> Measured:
+    """Claim 13: the first iteration each method leaves the saddle along x2."""
     rec = landscapes.LANDSCAPES["saddle"]
     s = rec.suggested
     lr, phi = s["learning_rate"], s["momentum"]
@@ -329,13 +340,9 @@ def _saddle(ctx: Context) -> tuple[Claim, dict[str, Any]]:
     for radius in OTHER_RADII:
         st = {name: escape_step(p, radius, center) for name, p in paths.items()}
         sensitivity[str(radius)] = {"steps": st, "ranking": _rank(st)}
-    order = " < ".join(f"{name} {_fmt(steps[name])}" for name in ranking)
+    order = " < ".join(f"{name} {format_count(steps[name])}" for name in ranking)
     sens = "; ".join(f"|x2| > {r}: " + ", ".join(v["ranking"]) for r, v in sensitivity.items())
-    claim = Claim(
-        id="saddle-escape", number=13,
-        statement=("At a saddle point every method (momentum, Nesterov, Adagrad, RMSProp, Adam) "
-                   "accelerates the escape compared with plain SGD; the lecture's animation "
-                   "shows RMSProp fastest, followed by Adagrad."),
+    return Measured(
         evidence=(f"f = {rec.formula} from {tuple(s['x0'])}, learning rate {lr:g} for all "
                   f"(momentum/Nesterov phi={phi:g}, RMSProp rho=0.9, Adam defaults), first "
                   f"iteration with |x2| > sqrt(2/3) = {ESCAPE_RADIUS:.3f}: {order}. Lecture's "
@@ -350,14 +357,14 @@ def _saddle(ctx: Context) -> tuple[Claim, dict[str, Any]]:
                  "lecture_order_matched": bool(lecture_order),
                  "sensitivity": sensitivity,
                  "final_f": {k: float(rec.fn(jnp.asarray(p[-1]))) for k, p in paths.items()}},
+        data={"paths": paths, "steps": steps, "record": rec},
     )
-    return claim, {"paths": paths, "steps": steps, "record": rec}
 
 
 # ---------------------------------------------------------------------------- figures
 
 
-def _plot_rates(ctx: Context, rates: dict[str, Any]):
+def _plot_rates(rates: dict[str, Any]) -> Figure:
     import matplotlib.pyplot as plt
 
     c = RATE
@@ -380,13 +387,13 @@ def _plot_rates(ctx: Context, rates: dict[str, Any]):
                  f"{c['sigma']:g}^2), alpha = {c['alpha']:g}")
     ax.legend(fontsize=8, loc="lower left")
     ax.grid(True, which="both", alpha=0.3)
-    return ctx.savefig(fig, "adaptive_rates",
+    return Figure.from_matplotlib(fig, "adaptive_rates",
                        "Adagrad's effective rate falls like 1/sqrt(t) (dashed) because r sums "
                        "all squared gradients; RMSProp's moving average keeps it near "
                        "alpha/sqrt(E[g^2]) (dotted).")
 
 
-def _plot_mnist(ctx: Context, mnist: dict[str, Any]):
+def _plot_mnist(mnist: dict[str, Any]) -> Figure:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
@@ -405,13 +412,13 @@ def _plot_mnist(ctx: Context, mnist: dict[str, Any]):
                  f"{len(mnist['seeds'])} seeds")
     ax.legend(fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    return ctx.savefig(fig, "adaptive_mnist",
+    return Figure.from_matplotlib(fig, "adaptive_mnist",
                        "Training loss per epoch on MNIST with the same global rate: RMSProp "
                        "(blue) falls below Adagrad (green), whose rate keeps shrinking. One "
                        "line per seed.")
 
 
-def _plot_adam(ctx: Context, data: dict[str, Any]):
+def plot_adam_bias(data: dict[str, Any]) -> Figure:
     import matplotlib.pyplot as plt
 
     c = ADAM
@@ -441,7 +448,7 @@ def _plot_adam(ctx: Context, data: dict[str, Any]):
     ax.legend(fontsize=8, loc="center right")
     fig.suptitle(f"Adam's bias correction: gradients g ~ N({c['mu']:g}, {c['sigma']:g}^2)")
     fig.tight_layout()
-    return ctx.savefig(fig, "adam_bias",
+    return Figure.from_matplotlib(fig, "adam_bias",
                        "Averaged over seeds, Adam's zero-initialized moments follow "
                        "(1 - rho^t) times the true moment (red); dividing by (1 - rho^t) "
                        "recovers it from the first step on (blue squares on the dashed line).")
@@ -459,7 +466,8 @@ def _draw_saddle(ax: Any, rec: Any) -> None:
     ax.set_ylabel("x2")
 
 
-def _plot_saddle(ctx: Context, data: dict[str, Any]):
+def plot_saddle(data: dict[str, Any]) -> list[Figure]:
+    """The paths and |x2| against iterations (PNG), and the paths growing (GIF)."""
     import matplotlib.pyplot as plt
 
     rec, paths, steps = data["record"], data["paths"], data["steps"]
@@ -470,7 +478,7 @@ def _plot_saddle(ctx: Context, data: dict[str, Any]):
     for name in SADDLE_METHODS:
         p = paths[name]
         ax.plot(p[:, 0], p[:, 1], "o-", color=SADDLE_COLORS[name], ms=2, lw=1.2,
-                label=f"{name} (escapes at {_fmt(steps[name])})")
+                label=f"{name} (escapes at {format_count(steps[name])})")
     ax.set_title(f"f = {rec.formula}, lr {s['learning_rate']:g}, {SADDLE_STEPS} steps")
     ax.legend(fontsize=8, loc="lower left")
     ax = axes[1]
@@ -487,17 +495,16 @@ def _plot_saddle(ctx: Context, data: dict[str, Any]):
     ax.legend(fontsize=8, loc="lower right")
     fig.suptitle("Escaping a saddle point: SGD, momentum and adaptive learning rates")
     fig.tight_layout()
-    fig_record = ctx.savefig(fig, "saddle",
-                             "All methods from (1.5, 0.001), 1e-3 off the ridge x2 = 0, with "
-                             "the same learning rate: plain SGD (black) lingers near the saddle; "
-                             "the legend gives the iteration at which each leaves |x2| < "
-                             "sqrt(2/3) (dotted lines).")
-    _animate_saddle(ctx, data)
-    return fig_record
+    still = Figure.from_matplotlib(fig, "saddle",
+                                   "All methods from (1.5, 0.001), 1e-3 off the ridge x2 = 0, "
+                                   "with the same learning rate: plain SGD (black) lingers near "
+                                   "the saddle; the legend gives the iteration at which each "
+                                   "leaves |x2| < sqrt(2/3) (dotted lines).")
+    return [still, _animate_saddle(data)]
 
 
-def _animate_saddle(ctx: Context, data: dict[str, Any]) -> None:
-    """``saddle.gif`` next to ``saddle.png``: the paths growing step by step.
+def _animate_saddle(data: dict[str, Any]) -> Figure:
+    """The paths growing step by step, as a GIF figure named ``saddle`` (like the still).
 
     The contours, axes and legend are drawn once; each frame restores that background and
     draws only the paths and the title (blitting). A full redraw per frame, as
@@ -531,35 +538,42 @@ def _animate_saddle(ctx: Context, data: dict[str, Any]) -> None:
         ax.draw_artist(title)
         images.append(Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy()))
     plt.close(fig)
-    images[0].save(ctx.figures_dir / "saddle.gif", save_all=True, append_images=images[1:],
-                   duration=100, loop=0)
+    buf = io.BytesIO()
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=100,
+                   loop=0)
+    return Figure(name="saddle", caption="Animation of the same paths.",
+                  title="Saddle point escape, animated", data=buf.getvalue(), format="gif")
 
 
 # ---------------------------------------------------------------------------- run
 
 
-def run(ctx: Context) -> Result:
-    """Runs claims 11-13 (quick mode: a smaller MLP and fewer epochs for the MNIST part)."""
-    import matplotlib
+def plot_adagrad_vs_rmsprop(data: dict[str, Any]) -> list[Figure]:
+    """The effective rates, and the MNIST training curves."""
+    return [_plot_rates(data["rates"]), _plot_mnist(data["mnist"])]
 
-    matplotlib.use("Agg")
-    rates = _effective_rates(ctx)
-    mnist = _mnist(ctx)
-    adam_claim, adam_data = _adam_bias(ctx)
-    saddle_claim, saddle_data = _saddle(ctx)
-    claims = [_claim_11(rates, mnist), adam_claim, saddle_claim]
-    figures = [_plot_rates(ctx, rates), _plot_mnist(ctx, mnist), _plot_adam(ctx, adam_data),
-               _plot_saddle(ctx, saddle_data)]
-    m = mnist["settings"]
-    settings = {
+
+def run(ctx: Context) -> Result:
+    """Claims 11-13 (quick mode: a smaller MLP and fewer epochs for the MNIST part)."""
+    return run_steps(ctx, ID, [
+        Step(functools.partial(adagrad_vs_rmsprop, ctx), ADAGRAD_VS_RMSPROP,
+             plot_adagrad_vs_rmsprop),
+        Step(functools.partial(adam_bias_correction, ctx.seed), ADAM_BIAS_CORRECTION,
+             plot_adam_bias),
+        Step(saddle_escape, SADDLE_ESCAPE, plot_saddle),
+    ], settings=_settings(ctx))
+
+
+def _settings(ctx: Context) -> dict[str, Any]:
+    m = MNIST_QUICK if ctx.quick else MNIST_FULL
+    saddle = landscapes.LANDSCAPES["saddle"].suggested
+    return {
         "effective_rate": dict(RATE),
-        "mnist": {**m, "features": list(m["features"]), "seeds": mnist["seeds"],
-                  "data": mnist["data"], "rmsprop_decay": 0.9, "adagrad_eps": 1e-7,
+        "mnist": {**m, "features": list(m["features"]), "seeds": ctx.seeds(m["seeds"]),
+                  "data": ctx.data_name, "rmsprop_decay": 0.9, "adagrad_eps": 1e-7,
                   "rmsprop_eps": 1e-6},
         "adam_bias": dict(ADAM),
-        "saddle": {"x0": list(saddle_data["record"].suggested["x0"]),
-                   "learning_rate": saddle_data["record"].suggested["learning_rate"],
-                   "momentum": saddle_data["record"].suggested["momentum"],
-                   "num_steps": SADDLE_STEPS, "escape_radius": ESCAPE_RADIUS},
+        "saddle": {"x0": list(saddle["x0"]), "learning_rate": saddle["learning_rate"],
+                   "momentum": saddle["momentum"], "num_steps": SADDLE_STEPS,
+                   "escape_radius": ESCAPE_RADIUS},
     }
-    return Result(claims=claims, figures=figures, settings=settings)

@@ -17,15 +17,14 @@ with that batch's statistics), for step sizes ``eta`` in a range:
   (:func:`gradient_predictiveness`); small means the gradient at ``theta`` predicts the
   gradient a step away well (a "beta-smoothness" proxy).
 
-Both come from :func:`along_gradient` (one forward and backward pass per step size), which the
-experiment itself runs at every checkpoint. The models are trained for the smoothness
-measurements by a loop of their own that takes exactly :func:`lecopt.train.fit`'s steps (same
-initialization, data order and update; the tests check the losses agree), because ``fit``
-returns only the final state.
+Both come from :func:`along_gradient` (one forward and backward pass per step size), run at
+every checkpoint of a :func:`lecopt.train.fit` run that hands out its state at those steps
+(``callback_steps``), on :func:`lecopt.train.loss_function`, the loss ``fit`` minimises.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -35,13 +34,25 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lecopt.experiments import Claim, Context, Result
+from lecopt.experiments import ClaimSpec, Context, Figure, Measured, Result, Step, run_steps
+from lecopt.experiments._common import band, majority, seed_tally
 
 ID = "batchnorm"
 TITLE = "Batch Normalization: speed, test error, smoothness and prediction"
-CLAIM_IDS = ("batchnorm-speed", "batchnorm-test-error", "batchnorm-smoothness",
-             "batchnorm-population-stats")
-CLAIM_NUMBERS = (14, 15, 16, 17)
+
+SPEED = ClaimSpec(
+    14, "batchnorm-speed",
+    "BatchNorm speeds up learning: lower training loss in the first epochs.")
+TEST_ERROR = ClaimSpec(15, "batchnorm-test-error", "BatchNorm gives a lower test error.")
+SMOOTHNESS = ClaimSpec(
+    16, "batchnorm-smoothness",
+    "BatchNorm makes the loss landscape smoother: along the gradient the loss varies less and "
+    "the gradient changes less (Santurkar et al. 2018).")
+POPULATION_STATS = ClaimSpec(
+    17, "batchnorm-population-stats",
+    "Predicting with the running averages or with the statistics of the entire training set "
+    "gives nearly the same test error.")
+CLAIMS = (SPEED, TEST_ERROR, SMOOTHNESS, POPULATION_STATS)
 
 # The lecture's setting.
 LEARNING_RATE = 0.03
@@ -78,14 +89,6 @@ SETTINGS = {
 # ---------------------------------------------------------------------------------- metrics
 
 
-def _step(params: Any, grad: Any, eta: jax.Array) -> Any:
-    return jax.tree.map(lambda p, g: p - eta * g, params, grad)
-
-
-def _tree_norm(tree: Any) -> jax.Array:
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
-
-
 def along_gradient(loss_fn: Callable[[Any], jax.Array], params: Any, grad: Any,
                    etas: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The loss and the change of the gradient a step ``eta`` along ``-g``, for every ``eta``.
@@ -106,8 +109,9 @@ def along_gradient(loss_fn: Callable[[Any], jax.Array], params: Any, grad: Any,
     etas = jnp.asarray(etas)
 
     def at(e):
-        loss, g_new = jax.value_and_grad(loss_fn)(_step(params, grad, e))
-        return loss, _tree_norm(jax.tree.map(jnp.subtract, g_new, grad))
+        loss, g_new = jax.value_and_grad(loss_fn)(optax.tree_utils.tree_add_scale(params, -e,
+                                                                                  grad))
+        return loss, optax.tree_utils.tree_norm(optax.tree_utils.tree_sub(g_new, grad))
 
     return jax.vmap(at)(etas)
 
@@ -165,124 +169,255 @@ def gradient_predictiveness(loss_fn: Callable[[Any], jax.Array], params: Any, gr
     return jnp.max(along_gradient(loss_fn, params, grad, etas)[1])
 
 
-def majority(flags: list[bool]) -> bool:
-    """True when more than half of ``flags`` are true."""
-    return sum(bool(f) for f in flags) > len(flags) / 2
-
-
 # ---------------------------------------------------------------------------------- training
 
 
-def _loss(model: Any, params: Any, batch_stats: Any, x: jax.Array, y: jax.Array
-          ) -> tuple[jax.Array, Any]:
-    """Mean cross-entropy in training mode (BatchNorm with the batch's own statistics)."""
-    variables = {"params": params, "batch_stats": batch_stats} if batch_stats else \
-        {"params": params}
-    logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y)
-    return loss.mean(), updates.get("batch_stats", batch_stats)
+@dataclasses.dataclass
+class Runs:
+    """The MLP trained with and without BatchNorm on every seed (one sweep per model).
+
+    Attributes:
+      models: ``{False: MLP, True: MLP with BatchNorm}``.
+      runs: per model, the :class:`lecopt.train.SweepRun` of every seed (seed order).
+      data: the data set.
+      settings: the settings of the run (features, epochs, seeds, ...).
+    """
+
+    models: dict[bool, Any]
+    runs: dict[bool, list[Any]]
+    data: Any
+    settings: dict[str, Any]
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.settings["seeds"])
+
+    def histories(self, bn: bool) -> list[Any]:
+        return [r.history for r in self.runs[bn]]
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _init(model: Any, tx: Any, key: jax.Array, x1: jax.Array) -> tuple[Any, Any, Any]:
-    """(params, batch_stats, opt_state) initialized as :func:`lecopt.train.fit` does."""
-    variables = model.init(key, x1, train=False)
-    params = variables["params"]
-    return params, variables.get("batch_stats", {}), tx.init(params)
+def _optimizer():
+    from lecopt import optimizers  # noqa: PLC0415
+
+    return optimizers.sgd(LEARNING_RATE, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _train_segment(model: Any, tx: Any, params: Any, batch_stats: Any, opt_state: Any,
-                   x: jax.Array, y: jax.Array, idx: jax.Array):
-    """SGD steps on the minibatches ``idx`` (steps, batch), as :func:`lecopt.train.fit` takes."""
+def train_with_and_without_batchnorm(ctx: Context) -> Runs:
+    """The lecture's benchmark: both models, every seed, through :func:`lecopt.train.sweep`."""
+    from lecopt import nn, train  # noqa: PLC0415
 
-    def step(carry, i):
-        p, bs, os = carry
-        (loss, bs), g = jax.value_and_grad(_loss, argnums=1, has_aux=True)(
-            model, p, bs, x[i], y[i])
-        updates, os = tx.update(g, os, p)
-        return (optax.apply_updates(p, updates), bs, os), loss
-
-    (params, batch_stats, opt_state), losses = jax.lax.scan(
-        step, (params, batch_stats, opt_state), idx)
-    return params, batch_stats, opt_state, losses
+    cfg = SETTINGS["quick" if ctx.quick else "full"]
+    seeds = ctx.seeds(cfg["seeds"])
+    ds = ctx.data()
+    models = {bn: nn.MLP(features=tuple(cfg["features"]), num_classes=ds.num_classes,
+                         batch_norm=bn) for bn in (False, True)}
+    runs = {bn: train.sweep(models[bn], _optimizer, [{}], ds, epochs=cfg["epochs"],
+                            seeds=seeds, progress=ctx.progress, batch_size=BATCH_SIZE)
+            for bn in (False, True)}
+    etas = LEARNING_RATE * ETA_FACTORS
+    settings = {"features": tuple(cfg["features"]), "epochs": cfg["epochs"], "seeds": seeds,
+                "learning_rate": LEARNING_RATE, "momentum": MOMENTUM,
+                "weight_decay": WEIGHT_DECAY, "batch_size": BATCH_SIZE,
+                "smooth_epochs": cfg["smooth_epochs"], "smooth_every": cfg["smooth_every"],
+                "etas": [round(float(e), 5) for e in etas], "data": ds.name}
+    return Runs(models=models, runs=runs, data=ds, settings=settings)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _measure(model: Any, params: Any, batch_stats: Any, x: jax.Array, y: jax.Array,
              etas: jax.Array):
     """(loss, ||g||, losses along -g, gradient changes) on the fixed batch (x, y)."""
+    from lecopt import train  # noqa: PLC0415
 
     def loss_fn(p):
-        return _loss(model, p, batch_stats, x, y)[0]
+        return train.loss_function(model)(p, batch_stats, (x, y))[0]
 
     loss, g = jax.value_and_grad(loss_fn)(params)
     losses, changes = along_gradient(loss_fn, params, g, etas)
-    return loss, _tree_norm(g), losses, changes
+    return loss, optax.tree_utils.tree_norm(g), losses, changes
 
 
-def _smoothness_run(model: Any, tx: Any, ds: Any, seed: int, epochs: int, every: int,
-                    etas: np.ndarray, fixed: tuple[jax.Array, jax.Array]) -> dict[str, Any]:
-    """Trains ``model`` as fit does (same initialization and data order for ``seed``) and
-    measures along the gradient on the fixed batch every ``every`` steps."""
+def smoothness_run(model: Any, ds: Any, seed: int, epochs: int, every: int, etas: np.ndarray,
+                   fixed: tuple[jax.Array, jax.Array]) -> dict[str, Any]:
+    """Trains ``model`` with :func:`lecopt.train.fit` for ``epochs`` and measures along the
+    gradient on the fixed batch at steps ``0, every, 2 every, ...``.
+
+    Returns the checkpoint steps, ``L(theta)``, ``||g||``, the losses and gradient changes
+    over ``etas`` (one row per checkpoint), their variation and predictiveness, and the
+    per-step training loss of the run.
+    """
     from lecopt import train  # noqa: PLC0415
 
-    x, y = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train, jnp.int32)
-    n = x.shape[0]
-    # fit's documented key derivation (see lecopt.train.batch_order).
-    init_key, _ = jax.random.split(jax.random.PRNGKey(seed))
-    params, batch_stats, opt_state = _init(model, tx, init_key, x[:1])
-    order = np.concatenate([train.batch_order(seed, e, n, BATCH_SIZE) for e in range(epochs)])
-    n_seg = order.shape[0] // every
+    total = epochs * (len(ds.x_train) // BATCH_SIZE)
+    steps = list(range(0, total + 1, every))
     etas_j = jnp.asarray(etas, jnp.float32)
-    steps, loss0, gnorm, losses, changes, train_loss = [], [], [], [], [], []
-    for k in range(n_seg + 1):
-        l0, gn, la, gc = _measure(model, params, batch_stats, fixed[0], fixed[1], etas_j)
-        steps.append(k * every)
-        loss0.append(float(l0))
-        gnorm.append(float(gn))
-        losses.append(np.asarray(la, np.float64))
-        changes.append(np.asarray(gc, np.float64))
-        if k < n_seg:
-            idx = jnp.asarray(order[k * every:(k + 1) * every])
-            params, batch_stats, opt_state, tl = _train_segment(
-                model, tx, params, batch_stats, opt_state, x, y, idx)
-            train_loss.extend(np.asarray(tl, np.float64).tolist())
-    losses_a, changes_a = np.stack(losses), np.stack(changes)
-    return {"steps": np.asarray(steps), "loss": np.asarray(loss0), "grad_norm": np.asarray(gnorm),
-            "losses": losses_a, "changes": changes_a,
-            "variation": np.asarray([float(spread(v)) for v in losses_a]),
-            "predictiveness": changes_a.max(1), "train_loss": np.asarray(train_loss)}
+    seen: dict[int, Any] = {}
+
+    def observe(step: int, state: Any) -> None:
+        seen[step] = _measure(model, state.params, state.batch_stats, *fixed, etas_j)
+
+    _, history = train.fit(model, _optimizer(), (ds.x_train, ds.y_train), epochs=epochs,
+                           batch_size=BATCH_SIZE, seed=seed, progress=False, callback=observe,
+                           callback_steps=steps)
+    loss, gnorm, losses, changes = (np.stack([np.asarray(seen[s][i], np.float64) for s in steps])
+                                    for i in range(4))
+    return {"steps": np.asarray(steps), "loss": loss, "grad_norm": gnorm, "losses": losses,
+            "changes": changes, "variation": losses.max(1) - losses.min(1),
+            "predictiveness": changes.max(1),
+            "train_loss": np.asarray(history.step_loss, np.float64)}
+
+
+# ---------------------------------------------------------------------------------- claims
+
+_KEYS = {False: "without_bn", True: "with_bn"}
+
+
+def training_speed(runs: Runs) -> Measured:
+    """Claim 14: the mean training loss over the first epochs, with and without BatchNorm."""
+    early = {bn: [float(np.mean(h.train_loss[:SPEED_EPOCHS])) for h in runs.histories(bn)]
+             for bn in (False, True)}
+    lower = [b < a for a, b in zip(early[False], early[True])]
+    return Measured(
+        evidence=(f"mean training loss over epochs 1-{SPEED_EPOCHS} per seed: without BN "
+                  + "/".join(f"{v:.4f}" for v in early[False]) + ", with BN "
+                  + "/".join(f"{v:.4f}" for v in early[True])
+                  + f" nats; lower with BN on {sum(lower)}/{len(lower)} seeds."),
+        threshold=(f"per seed, the mean of the per-epoch training loss (mean over the epoch's "
+                   f"minibatches) over the first {SPEED_EPOCHS} epochs is lower with BatchNorm; "
+                   "reproduced on a majority of seeds"),
+        holds=majority(lower),
+        numbers={"early_train_loss": {_KEYS[k]: v for k, v in early.items()}},
+        seeds=seed_tally(lower),
+        data=runs,
+    )
+
+
+def final_test_error(runs: Runs) -> Measured:
+    """Claim 15: the test error over the last epochs, with and without BatchNorm."""
+    epochs = runs.settings["epochs"]
+    final = {bn: [float(np.mean(h.test_error[-TEST_LAST:])) for h in runs.histories(bn)]
+             for bn in (False, True)}
+    lower = [b < a for a, b in zip(final[False], final[True])]
+    return Measured(
+        evidence=(f"test error averaged over epochs {epochs - TEST_LAST + 1}-{epochs} per seed: "
+                  "without BN " + "/".join(f"{100 * v:.2f}%" for v in final[False])
+                  + ", with BN " + "/".join(f"{100 * v:.2f}%" for v in final[True])
+                  + f"; lower with BN on {sum(lower)}/{len(lower)} seeds."),
+        threshold=(f"per seed, the test error averaged over the last {TEST_LAST} of {epochs} "
+                   "epochs is lower with BatchNorm; reproduced on a majority of seeds"),
+        holds=majority(lower),
+        numbers={"final_test_error": {_KEYS[k]: v for k, v in final.items()}},
+        seeds=seed_tally(lower),
+    )
+
+
+def smoothness(runs: Runs) -> Measured:
+    """Claim 16: loss variation and gradient predictiveness along the gradient, per seed."""
+    ds, seeds, cfg = runs.data, runs.seeds, runs.settings
+    etas = LEARNING_RATE * ETA_FACTORS
+    sm: dict[int, dict[bool, dict[str, Any]]] = {}
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        pick = np.sort(rng.choice(ds.x_train.shape[0], SMOOTH_BATCH, replace=False))
+        fixed = (jnp.asarray(ds.x_train[pick]), jnp.asarray(ds.y_train[pick], jnp.int32))
+        sm[seed] = {bn: smoothness_run(runs.models[bn], ds, seed, cfg["smooth_epochs"],
+                                       cfg["smooth_every"], etas, fixed)
+                    for bn in (False, True)}
+    # Medians over the checkpoints after step 0, per seed: (variation, predictiveness).
+    med = {s: {bn: (float(np.median(sm[s][bn]["variation"][1:])),
+                    float(np.median(sm[s][bn]["predictiveness"][1:]))) for bn in (False, True)}
+           for s in seeds}
+    lower = [med[s][True][0] < med[s][False][0] and med[s][True][1] < med[s][False][1]
+             for s in seeds]
+    # Context, not part of the rule: the loss and the gradient themselves are smaller with BN,
+    # so the same medians relative to L(theta) and to ||g|| are reported too.
+
+    def median_over_seeds(bn: bool, ratio: Callable[[dict[str, Any]], np.ndarray]) -> float:
+        return float(np.median([np.median(ratio(sm[s][bn])[1:]) for s in seeds]))
+
+    rel = {bn: (median_over_seeds(bn, lambda r: r["variation"] / r["loss"]),
+                median_over_seeds(bn, lambda r: r["predictiveness"] / r["grad_norm"]),
+                median_over_seeds(bn, lambda r: r["grad_norm"]))
+           for bn in (False, True)}
+    checkpoints = len(sm[seeds[0]][False]["steps"]) - 1
+
+    def per_seed(i: int, bn: bool) -> str:
+        return "/".join(f"{med[s][bn][i]:.3g}" for s in seeds)
+
+    return Measured(
+        evidence=(f"median over {checkpoints} checkpoints (every {cfg['smooth_every']} steps, "
+                  f"{cfg['smooth_epochs']} epochs) per seed: loss variation without BN "
+                  f"{per_seed(0, False)}, with BN {per_seed(0, True)} nats; max gradient change "
+                  f"without BN {per_seed(1, False)}, with BN {per_seed(1, True)}; both lower with"
+                  f" BN on {sum(lower)}/{len(lower)} seeds. For context (not in the rule; "
+                  f"medians over seeds): gradient norm ||g|| without BN {rel[False][2]:.3g}, with "
+                  f"BN {rel[True][2]:.3g}; variation / L(theta) without BN {rel[False][0]:.3g}, "
+                  f"with BN {rel[True][0]:.3g}; gradient change / ||g|| without BN "
+                  f"{rel[False][1]:.3g}, with BN {rel[True][1]:.3g}."),
+        threshold=(f"per seed, on a fixed batch of {SMOOTH_BATCH} training images (BN in "
+                   f"training mode), with eta = alpha x [{ETA_FACTORS[0]:g}..{ETA_FACTORS[-1]:g}]"
+                   f" ({len(ETA_FACTORS)} values): the medians over the checkpoints after step 0 "
+                   "of max-min L(theta - eta g) AND of max ||grad L(theta - eta g) - g|| are "
+                   "both lower with BatchNorm; reproduced on a majority of seeds"),
+        holds=majority(lower),
+        numbers={"medians": {str(s): {_KEYS[bn]: med[s][bn] for bn in (False, True)}
+                             for s in seeds},
+                 "medians_of_variation_over_loss, change_over_grad_norm, grad_norm": {
+                     _KEYS[k]: v for k, v in rel.items()},
+                 "etas": etas.tolist()},
+        seeds=seed_tally(lower),
+        data={"runs": sm[seeds[0]], "etas": etas, "seed": seeds[0]},
+    )
+
+
+def population_statistics(runs: Runs) -> Measured:
+    """Claim 17: test error with the running averages against whole-training-set statistics."""
+    from lecopt import nn, train  # noqa: PLC0415
+
+    model, ds = runs.models[True], runs.data
+    err_ra, err_pop = [], []
+    for r in runs.runs[True]:
+        variables = r.state.variables
+        err_ra.append(train.evaluate(model, variables, ds.x_test, ds.y_test).error)
+        pop = nn.population_batch_stats(model, variables, ds.x_train, batch_size=POP_BATCH)
+        err_pop.append(train.evaluate(model, pop, ds.x_test, ds.y_test).error)
+    diffs = [abs(a - b) for a, b in zip(err_ra, err_pop)]
+    close = [d <= POP_TOLERANCE for d in diffs]
+    return Measured(
+        evidence=("test error per seed with running averages "
+                  + "/".join(f"{100 * v:.2f}%" for v in err_ra)
+                  + ", with whole-training-set statistics "
+                  + "/".join(f"{100 * v:.2f}%" for v in err_pop)
+                  + f"; largest difference {100 * max(diffs):.2f} percentage points."),
+        threshold=(f"|difference| <= {100 * POP_TOLERANCE:g} percentage point on every seed "
+                   f"(BatchNorm running-average momentum 0.9, after {runs.settings['epochs']} "
+                   "epochs)"),
+        holds=all(close),
+        numbers={"running_average": err_ra, "population": err_pop},
+        seeds=seed_tally(close),
+    )
 
 
 # ---------------------------------------------------------------------------------- figures
 
 _COLORS = {False: "black", True: "tab:blue"}
 _LABELS = {False: "without BatchNorm", True: "with BatchNorm"}
-_KEYS = {False: "without_bn", True: "with_bn"}
 
 
-def _band(ax: Any, curves: list[Any], color: str, label: str, style: str = "-",
-          scale: float = 1.0) -> None:
-    n = min(len(c) for c in curves)
-    arr = scale * np.stack([np.asarray(c[:n], np.float64) for c in curves])
-    ep = np.arange(1, n + 1)
-    ax.plot(ep, arr.mean(0), style, color=color, lw=1.8, label=label)
-    if arr.shape[0] > 1:
-        ax.fill_between(ep, arr.min(0), arr.max(0), color=color, alpha=0.15, lw=0)
-
-
-def _curves_figure(hist: dict[bool, list[Any]], features: tuple[int, ...], n_seeds: int):
+def plot_learning_curves(runs: Runs) -> Figure:
+    """Training and test loss and error per epoch, with and without BatchNorm."""
     import matplotlib.pyplot as plt  # noqa: PLC0415
     from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
 
+    hist = {bn: runs.histories(bn) for bn in (False, True)}
+    features, n_seeds = runs.settings["features"], len(runs.seeds)
     fig, (ax_l, ax_e) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
     for bn in (False, True):
         c = _COLORS[bn]
-        _band(ax_l, [h.train_loss for h in hist[bn]], c, f"{_LABELS[bn]}: train")
-        _band(ax_l, [h.test_loss for h in hist[bn]], c, f"{_LABELS[bn]}: test", "--")
-        _band(ax_e, [h.train_error for h in hist[bn]], c, f"{_LABELS[bn]}: train", scale=100)
-        _band(ax_e, [h.test_error for h in hist[bn]], c, f"{_LABELS[bn]}: test", "--", scale=100)
+        band(ax_l, [h.train_loss for h in hist[bn]], c, f"{_LABELS[bn]}: train")
+        band(ax_l, [h.test_loss for h in hist[bn]], c, f"{_LABELS[bn]}: test", "--")
+        band(ax_e, [h.train_error for h in hist[bn]], c, f"{_LABELS[bn]}: train", scale=100)
+        band(ax_e, [h.test_error for h in hist[bn]], c, f"{_LABELS[bn]}: test", "--", scale=100)
     ax_l.set_yscale("log")
     ax_l.set_ylabel("cross-entropy loss (nats, log scale)")
     ax_l.set_title("Loss", fontsize=10)
@@ -299,12 +434,18 @@ def _curves_figure(hist: dict[bool, list[Any]], features: tuple[int, ...], n_see
     fig.suptitle(f"{arch} MLP with and without BatchNorm, SGD (alpha = {LEARNING_RATE}, phi = "
                  f"{MOMENTUM}, weight decay {WEIGHT_DECAY}); train = mean over the epoch's "
                  f"minibatches; mean of {n_seeds} seeds, band: min-max", fontsize=10)
-    return fig
+    return Figure.from_matplotlib(
+        fig, "batchnorm_curves",
+        "Training (solid) and test (dashed) loss and error per epoch, with (blue) and without "
+        "(black) BatchNorm before each hidden ReLU. With BatchNorm the training loss falls "
+        "faster, and the test error ends lower.")
 
 
-def _smoothness_figure(sm: dict[bool, dict[str, Any]], etas: np.ndarray, seed: int):
+def plot_smoothness(data: dict[str, Any]) -> Figure:
+    """The ranges over eta of the loss and of the gradient change at every checkpoint."""
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
+    sm, etas, seed = data["runs"], data["etas"], data["seed"]
     fig, (ax_l, ax_g) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
     for bn in (False, True):
         r, c = sm[bn], _COLORS[bn]
@@ -326,158 +467,22 @@ def _smoothness_figure(sm: dict[bool, dict[str, Any]], etas: np.ndarray, seed: i
     fig.suptitle(f"Smoothness along the gradient direction (Santurkar et al. 2018), seed {seed}"
                  f": eta from {etas[0]:.3g} to {etas[-1]:.3g} ({len(etas)} steps), "
                  f"BatchNorm in training mode", fontsize=10)
-    return fig
+    return Figure.from_matplotlib(
+        fig, "batchnorm_smoothness",
+        "Left: range of the loss L(theta - eta g) over the step sizes eta at checkpoints during "
+        "training; right: range of the change of the gradient ||grad L(theta - eta g) - g||. "
+        "Narrower, lower bands mean a smoother landscape.")
 
 
 # ---------------------------------------------------------------------------------- the run
 
 
 def run(ctx: Context) -> Result:
-    """Trains the MLP with and without BatchNorm on several seeds; claims 14-17."""
-    from lecopt import nn, optimizers, train  # noqa: PLC0415
-
-    cfg = SETTINGS["quick" if ctx.quick else "full"]
-    epochs, features = cfg["epochs"], tuple(cfg["features"])
-    seeds = [ctx.seed + i for i in range(cfg["seeds"])]
-    ds = ctx.data()
-    models = {bn: nn.MLP(features=features, num_classes=ds.num_classes, batch_norm=bn)
-              for bn in (False, True)}
-
-    def make_optimizer():
-        return optimizers.sgd(LEARNING_RATE, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-
-    runs = {bn: train.sweep(models[bn], make_optimizer, [{}], ds, epochs=epochs, seeds=seeds,
-                            progress=ctx.progress, batch_size=BATCH_SIZE)
-            for bn in (False, True)}
-    hist = {bn: [r.history for r in runs[bn]] for bn in (False, True)}
-    n = len(seeds)
-
-    # Claim 14: early training loss.
-    early = {bn: [float(np.mean(h.train_loss[:SPEED_EPOCHS])) for h in hist[bn]]
-             for bn in (False, True)}
-    ok14 = [b < a for a, b in zip(early[False], early[True])]
-    claim14 = Claim(
-        id="batchnorm-speed", number=14,
-        statement="BatchNorm speeds up learning: lower training loss in the first epochs.",
-        evidence=(f"mean training loss over epochs 1-{SPEED_EPOCHS} per seed: without BN "
-                  + "/".join(f"{v:.4f}" for v in early[False]) + ", with BN "
-                  + "/".join(f"{v:.4f}" for v in early[True])
-                  + f" nats; lower with BN on {sum(ok14)}/{n} seeds."),
-        threshold=(f"per seed, the mean of the per-epoch training loss (mean over the epoch's "
-                   f"minibatches) over the first {SPEED_EPOCHS} epochs is lower with BatchNorm; "
-                   "reproduced on a majority of seeds"),
-        holds=majority(ok14), numbers={"early_train_loss": {_KEYS[k]: v for k, v in early.items()}},
-        seeds={"run": n, "held": sum(ok14)})
-
-    # Claim 15: test error at the end.
-    final = {bn: [float(np.mean(h.test_error[-TEST_LAST:])) for h in hist[bn]]
-             for bn in (False, True)}
-    ok15 = [b < a for a, b in zip(final[False], final[True])]
-    claim15 = Claim(
-        id="batchnorm-test-error", number=15,
-        statement="BatchNorm gives a lower test error.",
-        evidence=(f"test error averaged over epochs {epochs - TEST_LAST + 1}-{epochs} per seed: "
-                  "without BN " + "/".join(f"{100 * v:.2f}%" for v in final[False])
-                  + ", with BN " + "/".join(f"{100 * v:.2f}%" for v in final[True])
-                  + f"; lower with BN on {sum(ok15)}/{n} seeds."),
-        threshold=(f"per seed, the test error averaged over the last {TEST_LAST} of {epochs} "
-                   "epochs is lower with BatchNorm; reproduced on a majority of seeds"),
-        holds=majority(ok15), numbers={"final_test_error": {_KEYS[k]: v for k, v in final.items()}},
-        seeds={"run": n, "held": sum(ok15)})
-
-    # Claim 16: smoothness along the gradient.
-    etas = LEARNING_RATE * ETA_FACTORS
-    tx = make_optimizer()
-    sm: dict[int, dict[bool, dict[str, Any]]] = {}
-    for seed in ctx.progress_bar(seeds, "smoothness (seeds)"):
-        rng = np.random.default_rng(seed)
-        pick = np.sort(rng.choice(ds.x_train.shape[0], SMOOTH_BATCH, replace=False))
-        fixed = (jnp.asarray(ds.x_train[pick]), jnp.asarray(ds.y_train[pick], jnp.int32))
-        sm[seed] = {bn: _smoothness_run(models[bn], tx, ds, seed, cfg["smooth_epochs"],
-                                        cfg["smooth_every"], etas, fixed)
-                    for bn in (False, True)}
-    med = {seed: {bn: (float(np.median(sm[seed][bn]["variation"][1:])),
-                       float(np.median(sm[seed][bn]["predictiveness"][1:])))
-                  for bn in (False, True)} for seed in seeds}
-    ok16 = [med[s][True][0] < med[s][False][0] and med[s][True][1] < med[s][False][1]
-            for s in seeds]
-    # Context, not part of the rule: the loss and the gradient themselves are smaller with BN,
-    # so the same medians relative to L(theta) and to ||g|| are reported too.
-    rel = {bn_: (float(np.median([np.median(sm[s][bn_]["variation"][1:] / sm[s][bn_]["loss"][1:])
-                                  for s in seeds])),
-                 float(np.median([np.median(sm[s][bn_]["predictiveness"][1:]
-                                            / sm[s][bn_]["grad_norm"][1:]) for s in seeds])),
-                 float(np.median([np.median(sm[s][bn_]["grad_norm"][1:]) for s in seeds])))
-           for bn_ in (False, True)}
-    checkpoints = len(sm[seeds[0]][False]["steps"]) - 1
-
-    def per_seed(i: int, bn: bool) -> str:
-        return "/".join(f"{med[s][bn][i]:.3g}" for s in seeds)
-
-    claim16 = Claim(
-        id="batchnorm-smoothness", number=16,
-        statement="BatchNorm makes the loss landscape smoother: along the gradient the loss "
-                  "varies less and the gradient changes less (Santurkar et al. 2018).",
-        evidence=(f"median over {checkpoints} checkpoints (every {cfg['smooth_every']} steps, "
-                  f"{cfg['smooth_epochs']} epochs) per seed: loss variation without BN "
-                  f"{per_seed(0, False)}, with BN {per_seed(0, True)} nats; max gradient change "
-                  f"without BN {per_seed(1, False)}, with BN {per_seed(1, True)}; both lower with"
-                  f" BN on {sum(ok16)}/{n} seeds. For context (not in the rule; medians over "
-                  f"seeds): gradient norm ||g|| without BN {rel[False][2]:.3g}, with BN "
-                  f"{rel[True][2]:.3g}; variation / L(theta) without BN {rel[False][0]:.3g}, "
-                  f"with BN {rel[True][0]:.3g}; gradient change / ||g|| without BN "
-                  f"{rel[False][1]:.3g}, with BN {rel[True][1]:.3g}."),
-        threshold=(f"per seed, on a fixed batch of {SMOOTH_BATCH} training images (BN in "
-                   f"training mode), with eta = alpha x [{ETA_FACTORS[0]:g}..{ETA_FACTORS[-1]:g}]"
-                   f" ({len(ETA_FACTORS)} values): the medians over the checkpoints after step 0 "
-                   "of max-min L(theta - eta g) AND of max ||grad L(theta - eta g) - g|| are "
-                   "both lower with BatchNorm; reproduced on a majority of seeds"),
-        holds=majority(ok16),
-        numbers={"medians": {str(s): {_KEYS[bn]: med[s][bn] for bn in (False, True)}
-                             for s in seeds},
-                 "medians_of_variation_over_loss, change_over_grad_norm, grad_norm": {
-                     _KEYS[k]: v for k, v in rel.items()},
-                 "etas": etas.tolist()},
-        seeds={"run": n, "held": sum(ok16)})
-
-    # Claim 17: running averages vs whole-training-set statistics.
-    err_ra, err_pop = [], []
-    for r in runs[True]:
-        variables = r.state.variables
-        err_ra.append(train.evaluate(models[True], variables, ds.x_test, ds.y_test).error)
-        pop = nn.population_batch_stats(models[True], variables, ds.x_train,
-                                        batch_size=POP_BATCH)
-        err_pop.append(train.evaluate(models[True], pop, ds.x_test, ds.y_test).error)
-    diffs = [abs(a - b) for a, b in zip(err_ra, err_pop)]
-    ok17 = [d <= POP_TOLERANCE for d in diffs]
-    claim17 = Claim(
-        id="batchnorm-population-stats", number=17,
-        statement="Predicting with the running averages or with the statistics of the entire "
-                  "training set gives nearly the same test error.",
-        evidence=("test error per seed with running averages "
-                  + "/".join(f"{100 * v:.2f}%" for v in err_ra)
-                  + ", with whole-training-set statistics "
-                  + "/".join(f"{100 * v:.2f}%" for v in err_pop)
-                  + f"; largest difference {100 * max(diffs):.2f} percentage points."),
-        threshold=(f"|difference| <= {100 * POP_TOLERANCE:g} percentage point on every seed "
-                   f"(BatchNorm running-average momentum 0.9, after {epochs} epochs)"),
-        holds=all(ok17), numbers={"running_average": err_ra, "population": err_pop},
-        seeds={"run": n, "held": sum(ok17)})
-
-    fig_c = ctx.savefig(
-        _curves_figure(hist, features, n), "batchnorm_curves",
-        "Training (solid) and test (dashed) loss and error per epoch, with (blue) and without "
-        "(black) BatchNorm before each hidden ReLU. With BatchNorm the training loss falls "
-        "faster, and the test error ends lower.")
-    fig_s = ctx.savefig(
-        _smoothness_figure(sm[seeds[0]], etas, seeds[0]), "batchnorm_smoothness",
-        "Left: range of the loss L(theta - eta g) over the step sizes eta at checkpoints during "
-        "training; right: range of the change of the gradient ||grad L(theta - eta g) - g||. "
-        "Narrower, lower bands mean a smoother landscape.")
-    settings = {"features": features, "epochs": epochs, "seeds": seeds,
-                "learning_rate": LEARNING_RATE, "momentum": MOMENTUM,
-                "weight_decay": WEIGHT_DECAY, "batch_size": BATCH_SIZE,
-                "smooth_epochs": cfg["smooth_epochs"], "smooth_every": cfg["smooth_every"],
-                "etas": [round(float(e), 5) for e in etas], "data": ds.name}
-    return Result(claims=[claim14, claim15, claim16, claim17], figures=[fig_c, fig_s],
-                  settings=settings)
+    """Claims 14-17, from the MLP trained with and without BatchNorm on several seeds."""
+    runs = train_with_and_without_batchnorm(ctx)
+    return run_steps(ctx, ID, [
+        Step(functools.partial(training_speed, runs), SPEED, plot_learning_curves),
+        Step(functools.partial(final_test_error, runs), TEST_ERROR),
+        Step(functools.partial(smoothness, runs), SMOOTHNESS, plot_smoothness),
+        Step(functools.partial(population_statistics, runs), POPULATION_STATS),
+    ], settings=runs.settings)

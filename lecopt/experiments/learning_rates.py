@@ -24,18 +24,36 @@ Metrics (pure NumPy functions, tested on known inputs):
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from lecopt.experiments import Claim, Context, Result
+from lecopt.experiments import ClaimSpec, Context, Figure, Measured, Result, Step, run_steps
+from lecopt.experiments._common import majority, seed_tally
 
 ID = "learning_rates"
 TITLE = "Learning rates: range test, linear decay, cyclical rates and warm restarts"
-CLAIM_IDS = ("lr-range-test", "linear-decay-table", "cyclical-rates", "sgdr-restarts")
-CLAIM_NUMBERS = (7, 8, 9, 10)
+
+RANGE_TEST = ClaimSpec(
+    7, "lr-range-test",
+    "LR range test: the loss first barely moves, then declines steeply, then blows up; the rate "
+    "of the steep decline trains better than 10x below and 10x above it.")
+LINEAR_DECAY = ClaimSpec(
+    8, "linear-decay-table",
+    "Linear decay until iteration tau: alpha_t = (1 - t/tau) alpha_0 + (t/tau) alpha_tau for "
+    "t <= tau, alpha_tau after (the lecture's table for tau = 4).")
+CYCLICAL = ClaimSpec(
+    9, "cyclical-rates",
+    "Cyclical learning rates: the triangular schedule cycles between base and max with a fixed "
+    "cycle length; triangular2 cuts the range in half after each cycle.")
+SGDR = ClaimSpec(
+    10, "sgdr-restarts",
+    "Cosine annealing with warm restarts (Loshchilov et al.): the rate anneals along a cosine "
+    "and abruptly restarts after a set number of iterations.")
+CLAIMS = (RANGE_TEST, LINEAR_DECAY, CYCLICAL, SGDR)
 
 # ---------------------------------------------------------------- claim 7: LR range test
 # The sweep: fastai's range (up to 10) and smoothing (beta = 0.98, divergence at 4x the best
@@ -79,6 +97,7 @@ SGDR_MAX, SGDR_MIN, SGDR_PERIOD, SGDR_MULT, SGDR_DECAY = 0.1, 1e-4, 10, 2, 0.8
 SGDR_RESTARTS = 8  # restarts checked on the dense grid: 10, 30, ..., 2550
 SGDR_FAR = (16, 17, 20)  # restarts checked far out: steps 655,350, 1,310,710 and 10,485,750
 SGDR_WINDOW = 5  # steps either side of a far restart
+SGDR_SHOWN_FAR = SGDR_FAR[1]  # the far restart drawn in the figure (step 1,310,710)
 # Restart steps equal 10 (2**i - 1) exactly (no other jump anywhere); peak i within
 # SGDR_MAX_ULPS of max_lr * decay**i (pow may round differently from NumPy's); float32 and 64.
 # The reference takes max_lr and decay as the dtype holds them (float32(0.8)**20 is 3e-7 away
@@ -244,60 +263,70 @@ def ulps(actual: Any, reference: Any, dtype: Any) -> np.ndarray:
 # ------------------------------------------------------------------------ claim 7: range test
 
 
-def _range_test_claim(ctx: Context, settings: dict[str, Any]) -> tuple[Claim, list, dict]:
-    import jax  # noqa: PLC0415
+def _make_optimizer(learning_rate: Any):
+    from lecopt import optimizers  # noqa: PLC0415
+
+    return optimizers.sgd(learning_rate, momentum=MOMENTUM)
+
+
+def _sweep_one_seed(model: Any, x: Any, y: Any, seed: int) -> Any:
+    """The range test from the state ``train.fit(seed=seed)`` starts from, on fit's loss and
+    fit's minibatches of epoch 0."""
+    from lecopt import lr_finder, train  # noqa: PLC0415
+
+    start = train.init_state(model, _make_optimizer(RANGE_MIN_LR), x, seed)
+    order = train.batch_order(seed, 0, int(x.shape[0]), BATCH_SIZE)
+    return lr_finder.lr_range_test(
+        train.loss_function(model), start.params, (x[order], y[order]), _make_optimizer,
+        min_lr=RANGE_MIN_LR, max_lr=RANGE_MAX_LR, num_steps=RANGE_STEPS, smoothing=SMOOTHING,
+        diverge_factor=DIVERGE_FACTOR, model_state=start.batch_stats)
+
+
+def _train_at(model: Any, x: Any, y: Any, seed: int, rates: list[float], epochs: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-epoch training losses (rates x epochs) and final losses on the whole training set.
+
+    One sweep: the rates through one compiled program, same init and same minibatch order (a
+    paired comparison). A run that meets a non-finite loss is frozen by sweep and counts as
+    diverged (NaN).
+    """
+    from lecopt import train  # noqa: PLC0415
+
+    epoch_losses = np.full((len(rates), epochs), np.nan)
+    finals = np.full(len(rates), np.nan)
+    runs = train.sweep(model, _make_optimizer, {"learning_rate": rates}, (x, y), epochs=epochs,
+                       seeds=[seed], batch_size=BATCH_SIZE, progress=False,
+                       on_nonfinite="stop")
+    for r, run in enumerate(runs):
+        hist = run.history.train_loss
+        epoch_losses[r, : len(hist)] = hist
+        if run.history.stopped is None:
+            finals[r] = train.evaluate(model, run.state.variables, x, y).loss
+    return epoch_losses, finals
+
+
+def range_test(ctx: Context) -> Measured:
+    """Claim 7: the range test's phases, then training at the suggestion, /10 and x10."""
     import jax.numpy as jnp  # noqa: PLC0415
-    import optax  # noqa: PLC0415
 
-    from lecopt import lr_finder, optimizers, train  # noqa: PLC0415
-    from lecopt import nn as lnn  # noqa: PLC0415
+    from lecopt import nn  # noqa: PLC0415
 
+    settings = SETTINGS["quick" if ctx.quick else "full"]
     ds = ctx.data()
     x = jnp.asarray(np.asarray(ds.x_train, np.float32).reshape(len(ds.x_train), -1))
     y = jnp.asarray(np.asarray(ds.y_train, np.int32))
     epochs = settings["epochs"]
-    model = lnn.MLP(features=tuple(settings["features"]))
-
-    def loss_fn(params, batch):
-        logits = model.apply(params, batch["x"])
-        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
-
-    def make_opt(learning_rate):
-        return optimizers.sgd(learning_rate, momentum=MOMENTUM)
-
+    model = nn.MLP(features=tuple(settings["features"]))
     per_seed, curves = [], []
-    seeds = [ctx.seed + i for i in range(settings["seeds"])]
-    for seed in ctx.progress_bar(seeds, desc="lr range test: seeds"):
-        # The sweep starts from the very parameters train.fit(seed=seed) starts from (its
-        # documented derivation: init_key, data_key = split(PRNGKey(seed)); model.init(init_key,
-        # x[:1], train=False)) and takes its minibatches in fit's order of epoch 0.
-        init_key, _ = jax.random.split(jax.random.PRNGKey(seed))
-        params0 = model.init(init_key, x[:1], train=False)
-        order = train.batch_order(seed, 0, int(x.shape[0]), BATCH_SIZE)
-        batches = {"x": x[order], "y": y[order]}
-        res = lr_finder.lr_range_test(
-            loss_fn, params0, batches, make_opt, min_lr=RANGE_MIN_LR, max_lr=RANGE_MAX_LR,
-            num_steps=RANGE_STEPS, smoothing=SMOOTHING, diverge_factor=DIVERGE_FACTOR)
+    for seed in ctx.progress_bar(ctx.seeds(settings["seeds"]), desc="lr range test: seeds"):
+        res = _sweep_one_seed(model, x, y, seed)
         lrs = np.asarray(res.learning_rates, np.float64)
         sm = np.asarray(res.smoothed_losses, np.float64)
         ph = phases(lrs, sm)
         sugg = float(res.suggestion)
         rates = [sugg / RATE_FACTOR, sugg, sugg * RATE_FACTOR]
-        epoch_losses = np.full((3, epochs), np.nan)
-        finals = np.full(3, np.nan)
-        if np.isfinite(sugg):
-            # One sweep per seed: the three rates through one compiled program, same init and
-            # same minibatch order (a paired comparison). A run that meets a non-finite loss
-            # is frozen by sweep and counts as diverged.
-            runs = train.sweep(model, make_opt, {"learning_rate": rates}, (x, y),
-                               epochs=epochs, seeds=[seed], batch_size=BATCH_SIZE,
-                               progress=False, on_nonfinite="stop")
-            for r, run in enumerate(runs):
-                hist = run.history.train_loss
-                epoch_losses[r, : len(hist)] = hist
-                if run.history.stopped is None:
-                    finals[r] = train.evaluate(model, run.state.variables, x, y).loss
-        finals = np.asarray(finals, np.float64)
+        epoch_losses, finals = (_train_at(model, x, y, seed, rates, epochs) if np.isfinite(sugg)
+                                else (np.full((3, epochs), np.nan), np.full(3, np.nan)))
         f = np.where(np.isfinite(finals), finals, np.inf)
         beats = bool(np.isfinite(f[1]) and f[1] < f[0] and f[1] < f[2])
         best = ("/10", "x1", "x10")[int(np.argmin(f))] if np.isfinite(f).any() else "none"
@@ -310,14 +339,12 @@ def _range_test_claim(ctx: Context, settings: dict[str, Any]) -> tuple[Claim, li
             "suggestion_best": beats, "best_rate": best, "held": bool(ok),
         })
         curves.append({"lrs": lrs, "raw": np.asarray(res.losses, np.float64), "smoothed": sm,
-                       "epoch_losses": np.asarray(epoch_losses, np.float64)})
+                       "epoch_losses": epoch_losses})
 
     n_run = len(per_seed)
-    n_held = sum(p["held"] for p in per_seed)
     n_phases = sum(p["phases"]["plateau"] and p["phases"]["decline"] and p["phases"]["blowup"]
                    for p in per_seed)
     n_best = sum(p["suggestion_best"] for p in per_seed)
-    holds = n_held > n_run / 2
 
     def fmt_loss(v: float) -> str:
         return f"{v:.3f}" if math.isfinite(v) else "diverged"
@@ -338,12 +365,8 @@ def _range_test_claim(ctx: Context, settings: dict[str, Any]) -> tuple[Claim, li
         "(lowest final loss at " + ", ".join(p["best_rate"] for p in per_seed) + "); "
         "suggestions " + ", ".join(f"{p['suggestion']:.3g}" for p in per_seed) + "."
     )
-    claim = Claim(
-        id="lr-range-test",
-        number=7,
-        statement=("LR range test: the loss first barely moves, then declines steeply, then "
-                   "blows up; the rate of the steep decline trains better than 10x below and "
-                   "10x above it."),
+    held = [p["held"] for p in per_seed]
+    return Measured(
         evidence=evidence,
         threshold=(
             f"Per seed: smoothed loss within {PLATEAU_MAX_REL_CHANGE:.0%} of its start over the "
@@ -353,16 +376,18 @@ def _range_test_claim(ctx: Context, settings: dict[str, Any]) -> tuple[Claim, li
             f"after {epochs} epochs at the suggestion is below those at suggestion/10 and x10 "
             "(divergence counts as worse). Reproduced on a strict majority of seeds."
         ),
-        holds=bool(holds),
+        holds=majority(held),
         numbers={"per_seed": per_seed},
-        seeds={"run": n_run, "held": int(n_held)},
+        seeds=seed_tally(held),
+        data={"curves": curves, "per_seed": per_seed, "epochs": epochs},
     )
-    return claim, curves, per_seed
 
 
-def _range_test_figure(ctx: Context, curves: list, per_seed: list, epochs: int):
+def plot_range_test(data: dict[str, Any]) -> Figure:
+    """The range test's curves (first seed; others dashed) and the three trainings."""
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
+    curves, per_seed, epochs = data["curves"], data["per_seed"], data["epochs"]
     c, p = curves[0], per_seed[0]
     ph = p["phases"]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5.6), layout="constrained")
@@ -418,7 +443,7 @@ def _range_test_figure(ctx: Context, curves: list, per_seed: list, epochs: int):
     bx.grid(True, which="both", alpha=0.3)
     bx.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.13))
     fig.suptitle("Learning-rate range test and the rate it suggests")
-    return ctx.savefig(
+    return Figure.from_matplotlib(
         fig, "lr_range_test",
         "Left: loss against a learning rate raised after every minibatch (log axis). The "
         "smoothed loss barely moves at low rates (grey band), declines steeply (green band: "
@@ -431,11 +456,17 @@ def _range_test_figure(ctx: Context, curves: list, per_seed: list, epochs: int):
 # ---------------------------------------------------------------------- claim 8: linear decay
 
 
-def _linear_decay_claim(ctx: Context):
-    import jax  # noqa: PLC0415
-    import jax.numpy as jnp  # noqa: PLC0415
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+def _coefficients(t: int, tau: int) -> str:
+    """The lecture's table entry for alpha_t, e.g. ``"3/4 a0 + 1/4 a_tau"``."""
+    if t >= tau:
+        return "a_tau"
+    if t == 0:
+        return "a0"
+    return f"{tau - t}/{tau} a0 + {t}/{tau} a_tau"
 
+
+def linear_decay_table() -> Measured:
+    """Claim 8: linear_decay at t = 0..6 against the lecture's closed form, bit for bit."""
     from lecopt import schedules  # noqa: PLC0415
 
     a0, at, tau = DECAY_A0, DECAY_ATAU, DECAY_TAU
@@ -449,25 +480,15 @@ def _linear_decay_claim(ctx: Context):
     u32 = ulps(got32, ref, np.float32)
     holds = all(equal64) and float(u32.max()) <= DECAY_MAX_ULPS_F32
 
-    def coeff(t: int) -> str:
-        if t >= tau:
-            return "a_tau"
-        if t == 0:
-            return "a0"
-        return f"{tau - t}/{tau} a0 + {t}/{tau} a_tau"
-
-    rows = "; ".join(f"t={t} (t/tau={min(t / tau, 1):g}): {coeff(t)} = {float(g):.6g}"
+    rows = "; ".join(f"t={t} (t/tau={min(t / tau, 1):g}): {_coefficients(t, tau)} = "
+                     f"{float(g):.6g}"
                      for t, g in zip(ts, got64))
     evidence = (
         f"lecopt.schedules.linear_decay({a0}, {at}, {tau}): {rows}. float64: "
         f"{sum(equal64)}/{len(ts)} values bit-for-bit equal to (1 - t/tau) a0 + (t/tau) a_tau "
         f"(a_tau beyond tau); float32: max {u32.max():.0f} ulp from it."
     )
-    claim = Claim(
-        id="linear-decay-table",
-        number=8,
-        statement=("Linear decay until iteration tau: alpha_t = (1 - t/tau) alpha_0 + (t/tau) "
-                   "alpha_tau for t <= tau, alpha_tau after (the lecture's table for tau = 4)."),
+    return Measured(
         evidence=evidence,
         threshold=("float64: every value at t = 0..6 bit-for-bit equal to the closed form; "
                    f"float32: within {DECAY_MAX_ULPS_F32:g} ulp of it."),
@@ -475,8 +496,20 @@ def _linear_decay_claim(ctx: Context):
         numbers={"t": ts, "float64": got64.tolist(), "closed_form": ref,
                  "float32": got32.tolist(), "float32_ulps": u32.tolist(),
                  "equal_float64": equal64},
+        data={"schedule": f, "t": ts, "closed_form": ref, "float64": got64,
+              "equal_float64": equal64},
     )
 
+
+def plot_linear_decay(data: dict[str, Any]) -> Figure:
+    """The schedule on a fine grid with the lecture's table beside it."""
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    a0, at, tau = DECAY_A0, DECAY_ATAU, DECAY_TAU
+    f, ts, ref, got64, equal64 = (data[k] for k in ("schedule", "t", "closed_form", "float64",
+                                                    "equal_float64"))
     fig, (ax, tx) = plt.subplots(1, 2, figsize=(13, 4.2),
                                  gridspec_kw={"width_ratios": [1, 1.25]})
     fine = np.linspace(0, DECAY_STEPS - 0.5, 300)
@@ -492,7 +525,7 @@ def _linear_decay_claim(ctx: Context):
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     tx.axis("off")
-    cells = [[str(t), f"{min(t / tau, 1):g}", coeff(t), f"{float(g):.6g}",
+    cells = [[str(t), f"{min(t / tau, 1):g}", _coefficients(t, tau), f"{float(g):.6g}",
               "yes" if e else "NO"] for t, g, e in zip(ts, got64, equal64)]
     table = tx.table(cellText=cells,
                      colLabels=["t", "t/tau", "alpha_t (lecture)", "lecopt value",
@@ -504,18 +537,18 @@ def _linear_decay_claim(ctx: Context):
     tx.set_title(f"The lecture's table, alpha_0 = {a0}, alpha_tau = {at}")
     fig.suptitle("Linear learning-rate decay (the lecture's example, tau = 4)")
     fig.tight_layout()
-    figure = ctx.savefig(
+    return Figure.from_matplotlib(
         fig, "linear_decay",
         "The linear decay schedule (line) with the lecture's table (squares: closed form, dots: "
         "lecopt in float64): it falls linearly from alpha_0 to alpha_tau at t = tau = 4 and "
         "stays there. Right: the table; every value equals the closed form bit for bit.")
-    return claim, figure
 
 
 # ------------------------------------------------------------ claims 9-10: cyclical and SGDR
 
 
 _EVALUATE: list = []
+_DTYPES = (("float64", True), ("float32", False))
 
 
 def _eval(schedule, steps: np.ndarray, x64: bool) -> np.ndarray:
@@ -538,24 +571,44 @@ def _eval(schedule, steps: np.ndarray, x64: bool) -> np.ndarray:
     return np.asarray(evaluate(schedule, jnp.asarray(steps, jnp.int32)))
 
 
-def _cyclical_claim() -> tuple[Claim, dict]:
+def _restart(i: int) -> int:
+    """The step of SGDR's restart ``i``: ``T_0 (T_mult^i - 1) / (T_mult - 1)``."""
+    return SGDR_PERIOD * (SGDR_MULT**i - 1) // (SGDR_MULT - 1)
+
+
+def schedule_values() -> dict[str, Any]:
+    """The schedules of claims 9 and 10, and their values in float64 and float32.
+
+    Returns ``{"schedules": {name: schedule}, "values": {(name, dtype): array}}`` for
+    ``triangular`` and ``triangular2`` over ``CLR_CYCLES`` cycles and ``sgdr`` up to restart
+    ``SGDR_RESTARTS`` (steps 0, 1, ...).
+    """
     from lecopt import schedules  # noqa: PLC0415
 
+    made = {"triangular": schedules.triangular(CLR_BASE, CLR_MAX, CLR_STEP_SIZE),
+            "triangular2": schedules.triangular2(CLR_BASE, CLR_MAX, CLR_STEP_SIZE),
+            "sgdr": schedules.sgdr(SGDR_MAX, SGDR_MIN, SGDR_PERIOD, period_mult=SGDR_MULT,
+                                   max_lr_decay=SGDR_DECAY)}
+    last = {"triangular": 2 * CLR_STEP_SIZE * CLR_CYCLES, "triangular2": 2 * CLR_STEP_SIZE *
+            CLR_CYCLES, "sgdr": _restart(SGDR_RESTARTS)}
+    values = {(name, dt): _eval(f, np.arange(last[name] + 1), x64)
+              for name, f in made.items() for dt, x64 in _DTYPES}
+    return {"schedules": made, "values": values}
+
+
+def cyclical_rates(curves: dict[str, Any]) -> Measured:
+    """Claim 9: peaks, troughs and their steps of triangular and triangular2, to the ulp."""
     base, top, s, cycles = CLR_BASE, CLR_MAX, CLR_STEP_SIZE, CLR_CYCLES
     period = 2 * s
-    steps = np.arange(period * cycles + 1)
     k = np.arange(1, cycles + 1)
     want_peaks2 = base + (top - base) / 2.0 ** (k - 1)
     want_peak_steps = s + period * (k - 1)
     want_trough_steps = period * (k - 1)
     out: dict[str, Any] = {}
     ok = True
-    curves = {}
-    for name, fn in (("triangular", schedules.triangular), ("triangular2", schedules.triangular2)):
-        f = fn(base, top, s)
-        for dt, x64 in (("float64", True), ("float32", False)):
-            v = _eval(f, steps, x64)
-            curves[(name, dt)] = v
+    for name in ("triangular", "triangular2"):
+        for dt, x64 in _DTYPES:
+            v = curves["values"][(name, dt)]
             ex = cycle_extrema(v, period)
             want = np.full(cycles, top) if name == "triangular" else want_peaks2
             npdt = np.float64 if x64 else np.float32
@@ -570,6 +623,7 @@ def _cyclical_claim() -> tuple[Claim, dict]:
                                    "peak_steps": ex["peak_steps"].tolist(),
                                    "trough_steps": ex["trough_steps"].tolist(),
                                    "positions_exact": pos, "held": good}
+
     t2 = out["triangular2_float64"]
     evidence = (
         f"triangular({base}, {top}, step_size={s}) over {cycles} cycles: peaks "
@@ -586,12 +640,7 @@ def _cyclical_claim() -> tuple[Claim, dict]:
         "positions exact in both dtypes: "
         + str(all(d["positions_exact"] for d in out.values())) + "."
     )
-    claim = Claim(
-        id="cyclical-rates",
-        number=9,
-        statement=("Cyclical learning rates: the triangular schedule cycles between base and "
-                   "max with a fixed cycle length; triangular2 cuts the range in half after each "
-                   "cycle."),
+    return Measured(
         evidence=evidence,
         threshold=("In float64 and float32, over 5 cycles: triangular peaks equal max_lr and all "
                    "troughs equal base_lr bit for bit; triangular2 peak k within "
@@ -599,8 +648,8 @@ def _cyclical_claim() -> tuple[Claim, dict]:
                    "s + 2s(k-1) and troughs at 2s(k-1) exactly (period 2 step_size)."),
         holds=bool(ok),
         numbers=out,
+        data=curves,
     )
-    return claim, curves
 
 
 def _peak(i: Any, dtype: Any) -> np.ndarray:
@@ -610,20 +659,17 @@ def _peak(i: Any, dtype: Any) -> np.ndarray:
     return top * decay ** np.asarray(i, dtype=np.float64)
 
 
-def _sgdr_claim() -> tuple[Claim, dict]:
-    from lecopt import schedules  # noqa: PLC0415
-
+def sgdr_restarts(curves: dict[str, Any]) -> Measured:
+    """Claim 10: SGDR's upward jumps (dense grid and far out) and peaks, to the ulp."""
     p, m = SGDR_PERIOD, SGDR_MULT
-    f = schedules.sgdr(SGDR_MAX, SGDR_MIN, p, period_mult=m, max_lr_decay=SGDR_DECAY)
-    starts = [p * (m**i - 1) // (m - 1) for i in range(SGDR_RESTARTS + 1)]  # S_0 = 0 .. S_8
-    steps = np.arange(starts[-1] + 1)
+    f = curves["schedules"]["sgdr"]
+    starts = [_restart(i) for i in range(SGDR_RESTARTS + 1)]  # S_0 = 0 .. S_8
     out: dict[str, Any] = {"expected_restarts": starts[1:]}
     ok = True
-    curves = {}
-    for dt, x64 in (("float64", True), ("float32", False)):
+    windows = {}
+    for dt, x64 in _DTYPES:
         npdt = np.float64 if x64 else np.float32
-        v = _eval(f, steps, x64)
-        curves[dt] = v
+        v = curves["values"][("sgdr", dt)]
         found = restart_steps(v).tolist()
         idx = np.asarray(starts)
         want_peaks = _peak(np.arange(len(starts)), npdt)
@@ -631,9 +677,10 @@ def _sgdr_claim() -> tuple[Claim, dict]:
         before_end = v[idx[1:] - 1]  # the last step of each cycle: close to the floor
         far = []
         for i in SGDR_FAR:
-            start = p * (m**i - 1) // (m - 1)
+            start = _restart(i)
             window = np.arange(start - SGDR_WINDOW, start + SGDR_WINDOW + 1)
             w = _eval(f, window, x64)
+            windows[(i, dt)] = (window, w)
             jumps = (window[0] + restart_steps(w)).tolist()
             peak_u = float(ulps(w[SGDR_WINDOW], _peak(i, npdt), npdt))
             far.append({"restart": i, "step": start, "found": jumps, "peak": float(w[SGDR_WINDOW]),
@@ -657,11 +704,7 @@ def _sgdr_claim() -> tuple[Claim, dict]:
         f"{max(d['peak_ulps']):.0f} ulp (float32); far peaks max "
         f"{max(x['peak_ulps'] for x in d['far'] + out['float64']['far']):.0f} ulp."
     )
-    claim = Claim(
-        id="sgdr-restarts",
-        number=10,
-        statement=("Cosine annealing with warm restarts (Loshchilov et al.): the rate anneals "
-                   "along a cosine and abruptly restarts after a set number of iterations."),
+    return Measured(
         evidence=evidence,
         threshold=(f"In float64 and float32: the only upward jumps on steps 0..{starts[-1]} are "
                    f"at 10 (2^i - 1), i = 1..{SGDR_RESTARTS}; near restarts "
@@ -671,17 +714,20 @@ def _sgdr_claim() -> tuple[Claim, dict]:
                    "decay^i (max_lr and decay taken as the dtype holds them)."),
         holds=bool(ok),
         numbers=out,
+        data={"float64": curves["values"][("sgdr", "float64")],
+              "restarts": out["float64"]["found_restarts"], "windows": windows},
     )
-    return claim, curves
 
 
-def _schedule_figures(ctx: Context, clr: dict, sg: dict, sgdr_claim: Claim) -> list:
+def plot_schedules(curves: dict[str, Any]) -> Figure:
+    """triangular, triangular2 and the first 630 steps of SGDR, with their extrema."""
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
+    values = curves["values"]
     s, period = CLR_STEP_SIZE, 2 * CLR_STEP_SIZE
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.3))
     for ax, name in zip(axes[:2], ("triangular", "triangular2")):
-        v = clr[(name, "float32")]
+        v = values[(name, "float32")]
         ex = cycle_extrema(v, period)
         ax.plot(np.arange(v.size), v, color="tab:blue", lw=2, label=f"{name}, step_size = {s}")
         ax.plot(ex["peak_steps"], ex["peaks"], "v", color="tab:red", ms=7, label="peaks")
@@ -695,7 +741,7 @@ def _schedule_figures(ctx: Context, clr: dict, sg: dict, sgdr_claim: Claim) -> l
         ax.legend(fontsize="small", loc="upper center", ncol=3)
         ax.set_ylim(0, CLR_MAX * 1.3)
     ax = axes[2]
-    v = sg["float32"]
+    v = values[("sgdr", "float32")]
     shown = 630 + 1
     ax.plot(np.arange(shown), v[:shown], color="tab:blue", lw=2,
             label=f"SGDR, T_0 = {SGDR_PERIOD}, T_mult = {SGDR_MULT}, peak decay {SGDR_DECAY}")
@@ -709,17 +755,22 @@ def _schedule_figures(ctx: Context, clr: dict, sg: dict, sgdr_claim: Claim) -> l
     ax.set_ylim(0, SGDR_MAX * 1.2)
     fig.suptitle("Cyclical learning rates: triangular, triangular2 and SGDR (lecopt.schedules)")
     fig.tight_layout()
-    f1 = ctx.savefig(
+    return Figure.from_matplotlib(
         fig, "schedules",
         f"Left: the triangular schedule rises linearly from {CLR_BASE} to {CLR_MAX} in "
         f"{s} steps and falls back (cycle {period} steps). Middle: triangular2 halves the range "
         "after each cycle. Right: cosine annealing with warm restarts; each cycle twice as long "
         "as the one before, the peak scaled by 0.8 per restart.")
 
+
+def plot_sgdr(data: dict[str, Any]) -> Figure:
+    """SGDR's measured restarts on a symlog axis, and the steps around a far restart."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.3))
-    v = sg["float64"]
+    v = data["float64"]
     ax.plot(np.arange(v.size), v, color="tab:blue", lw=1.5, label="sgdr (float64)")
-    rs = sgdr_claim.numbers["float64"]["found_restarts"]
+    rs = data["restarts"]
     for i, r in enumerate(rs):
         ax.axvline(r, color="tab:red", ls=":", lw=1, label="measured restarts" if i == 0 else None)
     ax.set_xscale("symlog", linthresh=10)
@@ -729,66 +780,49 @@ def _schedule_figures(ctx: Context, clr: dict, sg: dict, sgdr_claim: Claim) -> l
     ax.set_title(f"Restarts at 10 (2^i - 1) = {', '.join(str(r) for r in rs)}")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
-    far = sgdr_claim.numbers["float32"]["far"][1]
-    window = np.arange(far["step"] - SGDR_WINDOW, far["step"] + SGDR_WINDOW + 1)
-    from lecopt import schedules  # noqa: PLC0415
-
-    f = schedules.sgdr(SGDR_MAX, SGDR_MIN, SGDR_PERIOD, period_mult=SGDR_MULT,
-                       max_lr_decay=SGDR_DECAY)
-    w = _eval(f, window, False)
-    bx.plot(window - far["step"], w, "o-", color="tab:blue", label="sgdr (float32)")
-    bx.axvline(0, color="tab:red", ls=":", label=f"expected restart, step {far['step']:,}")
-    bx.axhline(SGDR_MAX * SGDR_DECAY ** far["restart"], color="0.5", ls="--", lw=1,
-               label=f"max_lr * 0.8^{far['restart']}")
-    bx.set_xlabel(f"iteration t - {far['step']:,} (updates)")
+    i = SGDR_SHOWN_FAR
+    start = _restart(i)
+    window, w = data["windows"][(i, "float32")]
+    bx.plot(window - start, w, "o-", color="tab:blue", label="sgdr (float32)")
+    bx.axvline(0, color="tab:red", ls=":", label=f"expected restart, step {start:,}")
+    bx.axhline(SGDR_MAX * SGDR_DECAY**i, color="0.5", ls="--", lw=1,
+               label=f"max_lr * 0.8^{i}")
+    bx.set_xlabel(f"iteration t - {start:,} (updates)")
     bx.set_ylabel("learning rate alpha_t")
-    bx.set_title(f"Restart {far['restart']} lands exactly, far out")
+    bx.set_title(f"Restart {i} lands exactly, far out")
     bx.grid(True, alpha=0.3)
     bx.legend(fontsize="small")
     fig.suptitle("SGDR: restarts on the geometric series, also after a million steps")
     fig.tight_layout()
-    f2 = ctx.savefig(
+    return Figure.from_matplotlib(
         fig, "sgdr",
         "Left: SGDR (period 10, period_mult 2, peak decay 0.8) over 2,550 steps; the measured "
         "restarts (dotted) are 10, 30, 70, .... Right: the 11 steps around restart 17 "
         "(step 1,310,710): the rate is at its floor until the very step of the restart.")
-    return [f1, f2]
 
 
 # ---------------------------------------------------------------------------------- run
 
 
 def run(ctx: Context) -> Result:
-    """Runs claims 7-10; see the module docstring."""
-    import matplotlib  # noqa: PLC0415
+    """Claims 7-10 (quick mode: a smaller MLP, fewer epochs and seeds for the range test)."""
+    curves = schedule_values()
+    return run_steps(ctx, ID, [
+        Step(functools.partial(range_test, ctx), RANGE_TEST, plot_range_test),
+        Step(linear_decay_table, LINEAR_DECAY, plot_linear_decay),
+        Step(functools.partial(cyclical_rates, curves), CYCLICAL, plot_schedules),
+        Step(functools.partial(sgdr_restarts, curves), SGDR, plot_sgdr),
+    ], settings=_settings(ctx))
 
-    matplotlib.use("Agg")
+
+def _settings(ctx: Context) -> dict[str, Any]:
     settings = SETTINGS["quick" if ctx.quick else "full"]
-    claims, figures = [], []
-
-    c7, curves, per_seed = _range_test_claim(ctx, settings)
-    claims.append(c7)
-    figures.append(_range_test_figure(ctx, curves, per_seed, settings["epochs"]))
-
-    c8, fig8 = _linear_decay_claim(ctx)
-    claims.append(c8)
-    figures.append(fig8)
-
-    c9, clr = _cyclical_claim()
-    c10, sg = _sgdr_claim()
-    claims += [c9, c10]
-    figures += _schedule_figures(ctx, clr, sg, c10)
-
-    return Result(
-        claims=claims,
-        figures=figures,
-        settings={
-            "model": f"MLP{tuple(settings['features'])} ReLU", "optimizer":
-            f"sgd momentum {MOMENTUM}", "batch_size": BATCH_SIZE,
-            "range": f"{RANGE_MIN_LR:g}..{RANGE_MAX_LR:g} in {RANGE_STEPS} steps (exponential)",
-            "smoothing": SMOOTHING, "diverge_factor": DIVERGE_FACTOR,
-            "train_epochs": settings["epochs"], "trainer": "lecopt.train.sweep",
-            "compared": "final loss on the whole training set", "seeds": settings["seeds"],
-            "data": ctx.data_name,
-        },
-    )
+    return {
+        "model": f"MLP{tuple(settings['features'])} ReLU", "optimizer":
+        f"sgd momentum {MOMENTUM}", "batch_size": BATCH_SIZE,
+        "range": f"{RANGE_MIN_LR:g}..{RANGE_MAX_LR:g} in {RANGE_STEPS} steps (exponential)",
+        "smoothing": SMOOTHING, "diverge_factor": DIVERGE_FACTOR,
+        "train_epochs": settings["epochs"], "trainer": "lecopt.train.sweep",
+        "compared": "final loss on the whole training set", "seeds": settings["seeds"],
+        "data": ctx.data_name,
+    }

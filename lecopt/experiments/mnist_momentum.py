@@ -16,18 +16,27 @@ Metrics (pure functions, tested on known inputs):
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from lecopt.experiments import Claim, Context, Result
+from lecopt.experiments import ClaimSpec, Context, Figure, Measured, Result, Step, run_steps
+from lecopt.experiments._common import band, format_count, majority, seed_tally
 
 ID = "mnist_momentum"
 TITLE = "Momentum in practice: SGD with different momenta on MNIST"
-CLAIM_IDS = ("mnist-momentum-speed", "mnist-momentum-fluctuation")
-CLAIM_NUMBERS = (4, 5)
+
+SPEED = ClaimSpec(
+    4, "mnist-momentum-speed",
+    "The higher the momentum (0, 0.5, 0.9), the faster SGD lowers the training error on MNIST.")
+FLUCTUATION = ClaimSpec(
+    5, "mnist-momentum-fluctuation",
+    "With too large a momentum (0.99) the training and test error fluctuate.")
+CLAIMS = (SPEED, FLUCTUATION)
 
 # The lecture's setting.
 LEARNING_RATE = 0.03
@@ -109,7 +118,7 @@ def fluctuation(errors: Sequence[float], detrend: bool = False) -> float:
       The mean absolute change (same units as ``errors``).
 
     Example:
-      >>> fluctuation([0.1, 0.3, 0.1, 0.3])
+      >>> round(fluctuation([0.1, 0.3, 0.1, 0.3]), 12)
       0.2
     """
     e = np.asarray(errors, dtype=np.float64)
@@ -155,25 +164,139 @@ def _seed_fluctuation(curves: dict[str, dict[float, np.ndarray]], epochs: int
     return bool(ok), out
 
 
-def _figure(ctx: Context, curves: dict[float, dict[str, list[np.ndarray]]], epochs: int,
-            features: tuple[int, ...], seeds: list[int]):
+@dataclasses.dataclass
+class Runs:
+    """The error curves of the sweep over momenta and seeds.
+
+    Attributes:
+      errors: ``errors[seed][which][phi]``, ``which`` in ``("train", "test")``: the per-epoch
+        error curve of one run (shorter when the run stopped on a non-finite loss).
+      stopped: ``"phi=...,seed=..."`` -> where a run stopped, for the runs that did.
+      settings: the settings of the sweep (features, epochs, seeds, ...).
+    """
+
+    errors: dict[int, dict[str, dict[float, np.ndarray]]]
+    stopped: dict[str, Any]
+    settings: dict[str, Any]
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.errors)
+
+    def curves(self, which: str, phi: float) -> list[np.ndarray]:
+        """One error curve per seed."""
+        return [self.errors[s][which][phi] for s in self.seeds]
+
+
+def train_momenta(ctx: Context) -> Runs:
+    """SGD at every momentum in MOMENTA on every seed, through one :func:`lecopt.train.sweep`."""
+    from lecopt import nn, optimizers, train  # noqa: PLC0415
+
+    cfg = SETTINGS["quick" if ctx.quick else "full"]
+    seeds = ctx.seeds(cfg["seeds"])
+    ds = ctx.data()
+    model = nn.MLP(features=tuple(cfg["features"]), num_classes=ds.num_classes)
+
+    def make_optimizer(momentum):
+        return optimizers.sgd(LEARNING_RATE, momentum=momentum, weight_decay=WEIGHT_DECAY)
+
+    runs = train.sweep(model, make_optimizer, {"momentum": list(MOMENTA)}, ds,
+                       epochs=cfg["epochs"], seeds=seeds, progress=ctx.progress,
+                       batch_size=BATCH_SIZE)
+    errors: dict[int, dict[str, dict[float, np.ndarray]]] = {
+        s: {"train": {}, "test": {}} for s in seeds}
+    stopped: dict[str, Any] = {}
+    for r in runs:
+        phi = float(r.setting["momentum"])
+        errors[r.seed]["train"][phi] = np.asarray(r.history.train_error, np.float64)
+        errors[r.seed]["test"][phi] = np.asarray(r.history.test_error, np.float64)
+        if r.history.stopped is not None:
+            stopped[f"phi={phi:g},seed={r.seed}"] = r.history.stopped
+    settings = {"features": tuple(cfg["features"]), "epochs": cfg["epochs"], "seeds": seeds,
+                "learning_rate": LEARNING_RATE, "weight_decay": WEIGHT_DECAY,
+                "momenta": MOMENTA, "batch_size": BATCH_SIZE, "data": ds.name,
+                "speed_epochs": SPEED_EPOCHS["quick" if ctx.quick else "full"]}
+    return Runs(errors=errors, stopped=stopped, settings=settings)
+
+
+def speed(runs: Runs) -> Measured:
+    """Claim 4: the training error after a few epochs, ordered by momentum on each seed."""
+    k, seeds = runs.settings["speed_epochs"], runs.seeds
+    per_seed = {s: _seed_speed(runs.errors[s]["train"], k) for s in seeds}
+    flags = [ok for ok, _ in per_seed.values()]
+    mean_k = {phi: float(np.mean([error_after(c, k) for c in runs.curves("train", phi)]))
+              for phi in SPEED_MOMENTA}
+    reach = {phi: [epochs_to(c, SPEED_LEVEL) for c in runs.curves("train", phi)]
+             for phi in SPEED_MOMENTA}
+    tally = seed_tally(flags)
+    return Measured(
+        evidence=(f"training error after {k} epochs (mean of {len(seeds)} seeds): "
+                  + ", ".join(f"phi={phi:g}: {100 * mean_k[phi]:.2f}%" for phi in SPEED_MOMENTA)
+                  + f"; strictly ordered on {tally['held']}/{len(seeds)} seeds; epochs to reach "
+                  f"{100 * SPEED_LEVEL:g}% training error (per seed): "
+                  + ", ".join(f"phi={phi:g}: " + "/".join(format_count(x) for x in reach[phi])
+                              for phi in SPEED_MOMENTA)
+                  + "."),
+        threshold=(f"per seed, training error after {k} epochs strictly decreasing over phi = "
+                   f"0, 0.5, 0.9; reproduced when that holds on a majority of seeds (epochs to "
+                   f"{100 * SPEED_LEVEL:g}% reported, not part of the rule)"),
+        holds=majority(flags),
+        numbers={"epoch": k, "train_error_after_k": {str(s): v[1] for s, v in per_seed.items()},
+                 "epochs_to_level": {f"{phi:g}": reach[phi] for phi in SPEED_MOMENTA},
+                 "level": SPEED_LEVEL},
+        seeds=tally,
+        data=runs,
+    )
+
+
+def fluctuation_at_large_momentum(runs: Runs) -> Measured:
+    """Claim 5: the detrended epoch-to-epoch change at phi = 0.99 against phi = 0.9."""
+    epochs, seeds = runs.settings["epochs"], runs.seeds
+    fl = {s: _seed_fluctuation(runs.errors[s], epochs) for s in seeds}
+    flags = [ok for ok, _ in fl.values()]
+    tally = seed_tally(flags)
+    first = int(epochs * FLUCT_FROM) + 1
+
+    def joined(which: str, key: str, scale: float, fmt: str) -> str:
+        vals = [fl[s][1][which][key] for s in seeds if key in fl[s][1][which]]
+        return "/".join(format(scale * v, fmt) for v in vals) if vals else "n/a"
+
+    def compared(which: str) -> str:
+        return (f"phi=0.99 {joined(which, 'fluct_0.99', 100, '.2f')} vs phi=0.9 "
+                f"{joined(which, 'fluct_0.9', 100, '.2f')} (ratio "
+                f"{joined(which, 'ratio', 1, '.1f')})")
+
+    diverged = [s for s in seeds if any(fl[s][1][w].get("diverged") for w in ("train", "test"))]
+    return Measured(
+        evidence=(f"mean |epoch-to-epoch change| of the detrended error, epochs {first}-{epochs}"
+                  f", per seed, in percentage points: train {compared('train')}; test "
+                  f"{compared('test')}; held on {tally['held']}/{len(seeds)} seeds"
+                  + (f"; runs stopped by a non-finite loss: {runs.stopped}" if runs.stopped
+                     else "")
+                  + (f"; seeds {diverged} counted as not held (phi=0.99 or 0.9 diverged)"
+                     if diverged else "") + "."),
+        threshold=(f"per seed, the fluctuation (mean |e_t+1 - e_t| of the error curve minus its "
+                   f"least-squares line, over the second half of the epochs) at phi=0.99 is >= "
+                   f"{FLUCT_RATIO} x that at phi=0.9 for both training and test error; "
+                   "reproduced on a majority of seeds"),
+        holds=majority(flags),
+        numbers={"per_seed": {str(s): v[1] for s, v in fl.items()}, "stopped": runs.stopped},
+        seeds=tally,
+    )
+
+
+def plot_error_curves(runs: Runs) -> Figure:
+    """Training and test error per epoch for every momentum (mean over seeds, min-max band)."""
     import matplotlib.pyplot as plt  # noqa: PLC0415
     from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
 
+    epochs, features, seeds = (runs.settings[k] for k in ("epochs", "features", "seeds"))
     colors = {0.0: "black", 0.5: "tab:blue", 0.9: "tab:red", 0.99: "tab:orange"}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained", sharey=False)
     for ax, which, title in ((axes[0], "train", "Training error (mean over the epoch's "
                               "minibatches)"), (axes[1], "test", "Test error (after each epoch)")):
         for phi in MOMENTA:
-            runs = [100.0 * c for c in curves[phi][which]]
-            n = min(len(c) for c in runs)
-            arr = np.stack([c[:n] for c in runs])
-            ep = np.arange(1, n + 1)
-            ax.plot(ep, arr.mean(0), "-", color=colors.get(phi), lw=1.8,
-                    label=f"phi = {phi:g}")
-            if arr.shape[0] > 1:
-                ax.fill_between(ep, arr.min(0), arr.max(0), color=colors.get(phi), alpha=0.15,
-                                lw=0)
+            band(ax, runs.curves(which, phi), colors[phi], f"phi = {phi:g}", scale=100.0)
         ax.set_xlabel("epoch")
         ax.set_ylabel("classification error (%)")
         ax.set_title(title, fontsize=10)
@@ -182,122 +305,25 @@ def _figure(ctx: Context, curves: dict[float, dict[str, list[np.ndarray]]], epoc
         ax.grid(alpha=0.3)
         ax.legend(title="momentum")
     # The first epochs of small momenta sit far above the rest; show where the curves differ.
-    top = max(float(np.median([100.0 * c[min(1, len(c) - 1)] for c in curves[0.0]["train"]])),
-              5.0)
+    top = max(float(np.median([100.0 * c[min(1, len(c) - 1)]
+                               for c in runs.curves("train", 0.0)])), 5.0)
     axes[0].set_ylim(0, min(100.0, 1.3 * top))
     axes[1].set_ylim(0, min(100.0, 1.3 * max(top, 10.0)))
     arch = "-".join(str(f) for f in (784, *features, 10))
     fig.suptitle(f"SGD with momentum phi on MNIST ({arch} MLP, alpha = {LEARNING_RATE}, "
                  f"weight decay {WEIGHT_DECAY}); line: mean of {len(seeds)} seeds, band: "
                  "min-max", fontsize=11)
-    return fig
-
-
-def run(ctx: Context) -> Result:
-    """Trains the MLP with SGD at momenta 0, 0.5, 0.9, 0.99 on several seeds; claims 4 and 5."""
-    from lecopt import nn, optimizers, train  # noqa: PLC0415
-
-    cfg = SETTINGS["quick" if ctx.quick else "full"]
-    k = SPEED_EPOCHS["quick" if ctx.quick else "full"]
-    epochs, features = cfg["epochs"], tuple(cfg["features"])
-    seeds = [ctx.seed + i for i in range(cfg["seeds"])]
-    ds = ctx.data()
-    model = nn.MLP(features=features, num_classes=ds.num_classes)
-
-    def make_optimizer(momentum):
-        return optimizers.sgd(LEARNING_RATE, momentum=momentum, weight_decay=WEIGHT_DECAY)
-
-    runs = train.sweep(model, make_optimizer, {"momentum": list(MOMENTA)}, ds, epochs=epochs,
-                       seeds=seeds, progress=ctx.progress, batch_size=BATCH_SIZE)
-    # curves[phi][which] = list over seeds; per_seed[seed][which][phi] = curve
-    curves: dict[float, dict[str, list[np.ndarray]]] = {
-        phi: {"train": [], "test": []} for phi in MOMENTA}
-    per_seed: dict[int, dict[str, dict[float, np.ndarray]]] = {
-        s: {"train": {}, "test": {}} for s in seeds}
-    stopped: dict[str, Any] = {}
-    for r in runs:
-        phi = float(r.setting["momentum"])
-        tr = np.asarray(r.history.train_error, np.float64)
-        te = np.asarray(r.history.test_error, np.float64)
-        curves[phi]["train"].append(tr)
-        curves[phi]["test"].append(te)
-        per_seed[r.seed]["train"][phi] = tr
-        per_seed[r.seed]["test"][phi] = te
-        if r.history.stopped is not None:
-            stopped[f"phi={phi:g},seed={r.seed}"] = r.history.stopped
-
-    # Claim 4.
-    speed = {s: _seed_speed(per_seed[s]["train"], k) for s in seeds}
-    held4 = sum(ok for ok, _ in speed.values())
-    mean_k = {phi: float(np.mean([error_after(per_seed[s]["train"][phi], k) for s in seeds]))
-              for phi in SPEED_MOMENTA}
-    reach = {phi: [epochs_to(per_seed[s]["train"][phi], SPEED_LEVEL) for s in seeds]
-             for phi in SPEED_MOMENTA}
-
-    def fmt_reach(v: list[float]) -> str:
-        return "/".join("never" if math.isinf(x) else f"{x:.0f}" for x in v)
-
-    claim4 = Claim(
-        id="mnist-momentum-speed", number=4,
-        statement="The higher the momentum (0, 0.5, 0.9), the faster SGD lowers the training "
-                  "error on MNIST.",
-        evidence=(f"training error after {k} epochs (mean of {len(seeds)} seeds): "
-                  + ", ".join(f"phi={phi:g}: {100 * mean_k[phi]:.2f}%" for phi in SPEED_MOMENTA)
-                  + f"; strictly ordered on {held4}/{len(seeds)} seeds; epochs to reach "
-                  f"{100 * SPEED_LEVEL:g}% training error (per seed): "
-                  + ", ".join(f"phi={phi:g}: {fmt_reach(reach[phi])}" for phi in SPEED_MOMENTA)
-                  + "."),
-        threshold=(f"per seed, training error after {k} epochs strictly decreasing over phi = "
-                   f"0, 0.5, 0.9; reproduced when that holds on a majority of seeds (epochs to "
-                   f"{100 * SPEED_LEVEL:g}% reported, not part of the rule)"),
-        holds=held4 > len(seeds) / 2,
-        numbers={"epoch": k, "train_error_after_k": {str(s): v[1] for s, v in speed.items()},
-                 "epochs_to_level": {f"{phi:g}": reach[phi] for phi in SPEED_MOMENTA},
-                 "level": SPEED_LEVEL},
-        seeds={"run": len(seeds), "held": held4},
-    )
-
-    # Claim 5.
-    fl = {s: _seed_fluctuation(per_seed[s], epochs) for s in seeds}
-    held5 = sum(ok for ok, _ in fl.values())
-    first = int(epochs * FLUCT_FROM) + 1
-
-    def agg(which: str, key: str) -> str:
-        vals = [fl[s][1][which].get(key) for s in seeds if key in fl[s][1][which]]
-        return "/".join(f"{100 * v:.2f}" for v in vals) if vals else "n/a"
-
-    def ratios(which: str) -> str:
-        vals = [fl[s][1][which]["ratio"] for s in seeds if "ratio" in fl[s][1][which]]
-        return "/".join(f"{v:.1f}" for v in vals) if vals else "n/a"
-
-    diverged = [s for s in seeds if any(fl[s][1][w].get("diverged") for w in ("train", "test"))]
-    claim5 = Claim(
-        id="mnist-momentum-fluctuation", number=5,
-        statement="With too large a momentum (0.99) the training and test error fluctuate.",
-        evidence=(f"mean |epoch-to-epoch change| of the detrended error, epochs {first}-{epochs}"
-                  f", per seed, in percentage points: train phi=0.99 {agg('train', 'fluct_0.99')}"
-                  f" vs phi=0.9 {agg('train', 'fluct_0.9')} (ratio {ratios('train')}); test "
-                  f"phi=0.99 {agg('test', 'fluct_0.99')} vs phi=0.9 {agg('test', 'fluct_0.9')} "
-                  f"(ratio {ratios('test')}); held on {held5}/{len(seeds)} seeds"
-                  + (f"; runs stopped by a non-finite loss: {stopped}" if stopped else "")
-                  + (f"; seeds {diverged} counted as not held (phi=0.99 or 0.9 diverged)"
-                     if diverged else "") + "."),
-        threshold=(f"per seed, the fluctuation (mean |e_t+1 - e_t| of the error curve minus its "
-                   f"least-squares line, over the second half of the epochs) at phi=0.99 is >= "
-                   f"{FLUCT_RATIO} x that at phi=0.9 for both training and test error; "
-                   "reproduced on a majority of seeds"),
-        holds=held5 > len(seeds) / 2,
-        numbers={"per_seed": {str(s): v[1] for s, v in fl.items()}, "stopped": stopped},
-        seeds={"run": len(seeds), "held": held5},
-    )
-
-    fig = _figure(ctx, curves, epochs, features, seeds)
-    figure = ctx.savefig(
+    return Figure.from_matplotlib(
         fig, "mnist_momentum",
         "Training (left) and test (right) error per epoch of SGD with momentum phi (mean over "
         "seeds, band min-max). Higher momentum lowers the training error faster; with phi = "
         "0.99 both curves jump from epoch to epoch.")
-    settings = {"features": features, "epochs": epochs, "seeds": seeds,
-                "learning_rate": LEARNING_RATE, "weight_decay": WEIGHT_DECAY,
-                "momenta": MOMENTA, "batch_size": BATCH_SIZE, "data": ds.name}
-    return Result(claims=[claim4, claim5], figures=[figure], settings=settings)
+
+
+def run(ctx: Context) -> Result:
+    """Claims 4 and 5, from one sweep of SGD at momenta 0, 0.5, 0.9, 0.99 over seeds."""
+    runs = train_momenta(ctx)
+    return run_steps(ctx, ID, [
+        Step(functools.partial(speed, runs), SPEED, plot_error_curves),
+        Step(functools.partial(fluctuation_at_large_momentum, runs), FLUCTUATION),
+    ], settings={k: v for k, v in runs.settings.items() if k != "speed_epochs"})

@@ -28,17 +28,29 @@ import numpy as np
 import optax
 
 from lecopt import landscapes, optimizers
-from lecopt.experiments import Claim, Context, Result
+from lecopt.experiments import ClaimSpec, Context, Figure, Measured, Result, Step, run_steps
+from lecopt.experiments._common import format_count
 
 ID = "momentum"
 TITLE = "Momentum and Nesterov momentum (toy problems)"
-CLAIM_IDS = (
-    "momentum-terminal-velocity",
-    "momentum-ravine",
-    "momentum-styblinski-tang",
-    "nesterov-overshoot",
-)
-CLAIM_NUMBERS = (1, 2, 3, 6)
+
+TERMINAL_VELOCITY = ClaimSpec(
+    1, "momentum-terminal-velocity",
+    "Under a constant gradient momentum's step tends to alpha g / (1 - phi): phi = 0.9 moves 10 "
+    "times as fast as gradient descent.")
+RAVINE = ClaimSpec(
+    2, "momentum-ravine",
+    "On a quadratic with a poorly conditioned Hessian momentum reduces the oscillation and "
+    "accelerates convergence compared with gradient descent.")
+STYBLINSKI_TANG = ClaimSpec(
+    3, "momentum-styblinski-tang",
+    "On Styblinski-Tang, SGD without momentum cannot escape the local minimum, while SGD with "
+    "momentum escapes it and finds the global minimum.")
+NESTEROV = ClaimSpec(
+    6, "nesterov-overshoot",
+    "Nesterov momentum evaluates the gradient at the look-ahead point, which reduces "
+    "overshooting and leads to smaller oscillations than momentum.")
+CLAIMS = (TERMINAL_VELOCITY, RAVINE, STYBLINSKI_TANG, NESTEROV)
 
 # ---------------------------------------------------------------------------- thresholds
 # Fixed before the runs.
@@ -201,10 +213,6 @@ def _losses(fn: Callable, path: Any) -> np.ndarray:
     return np.asarray(jax.vmap(fn)(jnp.asarray(path)))
 
 
-def _fmt(n: int | None) -> str:
-    return "never" if n is None else str(n)
-
-
 def _lt(a: int | None, b: int | None) -> bool:
     """``a < b`` where None means "never" (infinitely many iterations)."""
     return a is not None and (b is None or a < b)
@@ -213,7 +221,8 @@ def _lt(a: int | None, b: int | None) -> bool:
 # ---------------------------------------------------------------------------- claims
 
 
-def _terminal_velocity(ctx: Context) -> tuple[Claim, dict[str, Any]]:
+def terminal_velocity() -> Measured:
+    """Claim 1: the step under a constant gradient against alpha g / (1 - phi)."""
     alpha, g = TERMINAL_ALPHA, TERMINAL_GRADIENT
     grad = jnp.full((1,), g, jnp.float32)
     steps, rel_final, rel_curve = {}, {}, {}
@@ -232,10 +241,7 @@ def _terminal_velocity(ctx: Context) -> tuple[Claim, dict[str, Any]]:
              and abs(ratio - 10.0) < TERMINAL_RATIO_TOL)
     parts = ", ".join(f"phi={p:g}: {steps[p][-1]:.6g} (limit {alpha * g / (1 - p):.6g}, "
                       f"rel. err. {rel_final[p]:.1e})" for p in TERMINAL_PHIS)
-    claim = Claim(
-        id="momentum-terminal-velocity", number=1,
-        statement=("Under a constant gradient momentum's step tends to alpha g / (1 - phi): "
-                   "phi = 0.9 moves 10 times as fast as gradient descent."),
+    return Measured(
         evidence=(f"alpha={alpha:g}, g={g:g}, step after {TERMINAL_STEPS} steps: {parts}; "
                   f"phi=0.9 step is {ratio:.6f} x GD's (closed form 10); largest deviation "
                   f"from alpha g (1 - phi^t)/(1 - phi) over all t: "
@@ -249,11 +255,12 @@ def _terminal_velocity(ctx: Context) -> tuple[Claim, dict[str, Any]]:
                  "max_relative_error_closed_form_curve": {str(p): rel_curve[p]
                                                           for p in TERMINAL_PHIS},
                  "ratio_phi_0.9_to_gd": ratio},
+        data={"steps": steps},
     )
-    return claim, {"steps": steps}
 
 
-def _ravine(ctx: Context) -> tuple[Claim, dict[str, Any]]:
+def ravine() -> Measured:
+    """Claim 2: gradient descent and momentum on the poorly conditioned quadratic."""
     rec = landscapes.LANDSCAPES["quadratic"]
     s = rec.suggested
     alpha, phi, shown = s["learning_rate"], s["momentum"], s["num_steps"]
@@ -272,27 +279,25 @@ def _ravine(ctx: Context) -> tuple[Claim, dict[str, Any]]:
     gd, mom = stats["gradient descent"], stats["momentum"]
     holds = (_lt(mom["iterations_to_threshold"], gd["iterations_to_threshold"])
              and mom["reversals_x2"] < gd["reversals_x2"])
-    claim = Claim(
-        id="momentum-ravine", number=2,
-        statement=("On a quadratic with a poorly conditioned Hessian momentum reduces the "
-                   "oscillation and accelerates convergence compared with gradient descent."),
+    return Measured(
         evidence=(f"f = {rec.formula} (condition number 20) from {tuple(s['x0'])}, alpha="
                   f"{alpha:g}: iterations to f < {RAVINE_LOSS_THRESHOLD:g}: GD "
-                  f"{_fmt(gd['iterations_to_threshold'])}, momentum (phi={phi:g}) "
-                  f"{_fmt(mom['iterations_to_threshold'])}; direction reversals of the steep "
-                  f"coordinate x2 in the first {shown} steps: GD {gd['reversals_x2']}, momentum "
-                  f"{mom['reversals_x2']} (distance travelled across the ravine "
+                  f"{format_count(gd['iterations_to_threshold'])}, momentum (phi={phi:g}) "
+                  f"{format_count(mom['iterations_to_threshold'])}; direction reversals of the "
+                  f"steep coordinate x2 in the first {shown} steps: GD {gd['reversals_x2']}, "
+                  f"momentum {mom['reversals_x2']} (distance travelled across the ravine "
                   f"{gd['distance_across_ravine']:.2f} vs {mom['distance_across_ravine']:.2f})."),
         threshold=("momentum needs fewer iterations than GD to reach f < "
                    f"{RAVINE_LOSS_THRESHOLD:g} (runs of {RAVINE_MEASURE_STEPS} steps) and "
                    f"reverses x2 fewer times in the first {shown} steps"),
         holds=bool(holds),
         numbers=stats,
+        data={"paths": {k: v[: shown + 1] for k, v in paths.items()}, "record": rec},
     )
-    return claim, {"paths": {k: v[: shown + 1] for k, v in paths.items()}, "record": rec}
 
 
-def _styblinski_tang(ctx: Context) -> tuple[Claim, dict[str, Any]]:
+def styblinski_tang() -> Measured:
+    """Claim 3: where gradient descent and momentum end on Styblinski-Tang."""
     rec = landscapes.LANDSCAPES["styblinski_tang"]
     s = rec.suggested
     alpha, phi, n = s["learning_rate"], s["momentum"], s["num_steps"]
@@ -311,10 +316,7 @@ def _styblinski_tang(ctx: Context) -> tuple[Claim, dict[str, Any]]:
     mom_global_d = float(np.linalg.norm(mom[-1] - glob))
     f_gd, f_mom = float(rec.fn(jnp.asarray(gd[-1]))), float(rec.fn(jnp.asarray(mom[-1])))
     holds = gd_local_d < ST_RADIUS and gd_global_d > ST_RADIUS and mom_global_d < ST_RADIUS
-    claim = Claim(
-        id="momentum-styblinski-tang", number=3,
-        statement=("On Styblinski-Tang, SGD without momentum cannot escape the local minimum, "
-                   "while SGD with momentum escapes it and finds the global minimum."),
+    return Measured(
         evidence=(f"from {tuple(s['x0'])}, alpha={alpha:g}, {n} steps: GD ends at "
                   f"({gd[-1, 0]:.4f}, {gd[-1, 1]:.4f}), f={f_gd:.3f}, {gd_local_d:.1e} from the "
                   f"local minimum ({gd_local[0]:.4f}, {gd_local[1]:.4f}); momentum phi={phi:g} "
@@ -327,11 +329,12 @@ def _styblinski_tang(ctx: Context) -> tuple[Claim, dict[str, Any]]:
                  "gd_distance_to_local": gd_local_d, "gd_distance_to_global": gd_global_d,
                  "momentum_distance_to_global": mom_global_d, "gd_f": f_gd,
                  "momentum_f": f_mom},
+        data={"gd": gd, "momentum": mom, "record": rec},
     )
-    return claim, {"gd": gd, "momentum": mom, "record": rec}
 
 
-def _nesterov(ctx: Context) -> tuple[Claim, dict[str, Any]]:
+def nesterov_overshoot() -> Measured:
+    """Claim 6: overshoot and reversals of momentum and Nesterov, in 1-D and 2-D."""
     c = NESTEROV_1D
     tx = optimizers.sgd(c["learning_rate"], momentum=c["momentum"])
     theta0 = jnp.asarray(c["theta0"], jnp.float32)
@@ -368,10 +371,7 @@ def _nesterov(ctx: Context) -> tuple[Claim, dict[str, Any]]:
     k = 4  # the lecture's "update 4"
     step4_m = float(m1["thetas"][k] - m1["thetas"][k - 1])
     step4_n = float(n1["thetas"][k] - n1["thetas"][k - 1])
-    claim = Claim(
-        id="nesterov-overshoot", number=6,
-        statement=("Nesterov momentum evaluates the gradient at the look-ahead point, which "
-                   "reduces overshooting and leads to smaller oscillations than momentum."),
+    return Measured(
         evidence=(f"1-D f = {c['curvature']:g} theta^2/2 from theta0={c['theta0']:g}, alpha="
                   f"{c['learning_rate']:g}, phi={c['momentum']:g} (Algorithm 2 via "
                   f"lookahead_params): overshoot momentum {m1['overshoot']:.3f} vs Nesterov "
@@ -393,14 +393,14 @@ def _nesterov(ctx: Context) -> tuple[Claim, dict[str, Any]]:
             "1d_update4": {"momentum": step4_m, "Nesterov": step4_n},
             "2d": {k2: {q: v for q, v in r.items() if q != "path"} for k2, r in two_d.items()},
         },
+        data={"one_d": one_d, "two_d": two_d, "record": rec},
     )
-    return claim, {"one_d": one_d, "two_d": two_d, "record": rec}
 
 
 # ---------------------------------------------------------------------------- figures
 
 
-def _plot_terminal(ctx: Context, data: dict[str, Any]):
+def plot_terminal_velocity(data: dict[str, Any]) -> Figure:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -419,13 +419,13 @@ def _plot_terminal(ctx: Context, data: dict[str, Any]):
                  f"g = {TERMINAL_GRADIENT:g})")
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
-    return ctx.savefig(fig, "terminal_velocity",
+    return Figure.from_matplotlib(fig, "terminal_velocity",
                        "Step size of momentum fed the same gradient at every iteration: each "
                        "curve climbs to its dashed line alpha g/(1 - phi); phi = 0.9 ends 10x "
                        "and phi = 0.99 100x above gradient descent.")
 
 
-def _plot_ravine(ctx: Context, data: dict[str, Any]):
+def plot_ravine(data: dict[str, Any]) -> Figure:
     import matplotlib.pyplot as plt
 
     rec = data["record"]
@@ -443,13 +443,13 @@ def _plot_ravine(ctx: Context, data: dict[str, Any]):
     ax.set_xlabel("x1")
     ax.set_ylabel("x2")
     ax.legend(loc="upper right", fontsize=8)
-    return ctx.savefig(fig, "ravine",
+    return Figure.from_matplotlib(fig, "ravine",
                        "Poorly conditioned quadratic: gradient descent (black) zig-zags across "
                        "the steep x2 direction and creeps along x1; momentum (red) damps the "
                        "zig-zag and reaches the minimum far sooner.")
 
 
-def _plot_styblinski_tang(ctx: Context, data: dict[str, Any]):
+def plot_styblinski_tang(data: dict[str, Any]) -> Figure:
     import matplotlib.pyplot as plt
 
     rec = data["record"]
@@ -468,13 +468,13 @@ def _plot_styblinski_tang(ctx: Context, data: dict[str, Any]):
     ax.set_xlabel("x1")
     ax.set_ylabel("x2")
     ax.legend(loc="lower right", fontsize=8)
-    return ctx.savefig(fig, "styblinski_tang",
+    return Figure.from_matplotlib(fig, "styblinski_tang",
                        "Styblinski-Tang from (4.6, 4.4): without momentum (red) SGD settles in "
                        "the nearby local minimum; with momentum (blue) it carries over the ridge "
                        "and reaches the global optimum (black dot).")
 
 
-def _plot_nesterov(ctx: Context, data: dict[str, Any]):
+def plot_nesterov(data: dict[str, Any]) -> Figure:
     import matplotlib.pyplot as plt
 
     c = NESTEROV_1D
@@ -540,7 +540,7 @@ def _plot_nesterov(ctx: Context, data: dict[str, Any]):
     ax.legend(fontsize=8, loc="lower right")
     fig.suptitle("Momentum vs. Nesterov momentum: the look-ahead reduces the overshoot")
     fig.tight_layout()
-    return ctx.savefig(fig, "nesterov",
+    return Figure.from_matplotlib(fig, "nesterov",
                        "Top: the first updates on a 1-D loss; momentum's 4th update overshoots "
                        "the minimum far, Nesterov's gradient at the look-ahead point (red x) "
                        "shortens it. Bottom: measured iterates in 1-D and on the 2-D ravine: "
@@ -551,26 +551,24 @@ def _plot_nesterov(ctx: Context, data: dict[str, Any]):
 
 
 def run(ctx: Context) -> Result:
-    """Runs claims 1, 2, 3 and 6 and draws their figures (the same settings in quick mode)."""
-    import matplotlib
+    """Claims 1, 2, 3 and 6 with their figures (the same settings in quick mode)."""
+    return run_steps(ctx, ID, [
+        Step(terminal_velocity, TERMINAL_VELOCITY, plot_terminal_velocity),
+        Step(ravine, RAVINE, plot_ravine),
+        Step(styblinski_tang, STYBLINSKI_TANG, plot_styblinski_tang),
+        Step(nesterov_overshoot, NESTEROV, plot_nesterov),
+    ], settings=_settings())
 
-    matplotlib.use("Agg")
-    claims, figures = [], []
-    steps = [(_terminal_velocity, _plot_terminal), (_ravine, _plot_ravine),
-             (_styblinski_tang, _plot_styblinski_tang), (_nesterov, _plot_nesterov)]
-    for compute, plot in ctx.progress_bar(steps, desc="momentum"):
-        claim, data = compute(ctx)
-        claims.append(claim)
-        figures.append(plot(ctx, data))
-    settings = {
+
+def _settings() -> dict[str, Any]:
+    def suggested(name: str) -> dict[str, Any]:
+        return {k: v for k, v in landscapes.LANDSCAPES[name].suggested.items() if k != "note"}
+
+    return {
         "terminal_velocity": {"alpha": TERMINAL_ALPHA, "g": TERMINAL_GRADIENT,
                               "phis": list(TERMINAL_PHIS), "steps": TERMINAL_STEPS},
-        "ravine": {**{k: v for k, v in landscapes.LANDSCAPES["quadratic"].suggested.items()
-                      if k != "note"}, "measure_steps": RAVINE_MEASURE_STEPS},
-        "styblinski_tang": {k: v for k, v in
-                            landscapes.LANDSCAPES["styblinski_tang"].suggested.items()
-                            if k != "note"},
+        "ravine": {**suggested("quadratic"), "measure_steps": RAVINE_MEASURE_STEPS},
+        "styblinski_tang": suggested("styblinski_tang"),
         "nesterov_1d": dict(NESTEROV_1D),
         "nesterov_2d": dict(NESTEROV_2D),
     }
-    return Result(claims=claims, figures=figures, settings=settings)

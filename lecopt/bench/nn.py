@@ -23,7 +23,7 @@ import numpy as np
 
 from lecopt import nn as lnn
 from lecopt import optimizers
-from lecopt.timing import interleaved
+from lecopt.bench.timing import interleaved
 
 __all__ = ["run"]
 

@@ -12,7 +12,7 @@
     ``fit`` calls as a user would make them, for the 784-32-32-10 and the 784-512-512-10 MLP,
     with ``strategy="auto"`` and with ``"vmap"`` and ``"loop"`` separately.
 
-All contestants run interleaved (:func:`lecopt.timing.interleaved`), after a warm-up that
+All contestants run interleaved (:func:`lecopt.bench.timing.interleaved`), after a warm-up that
 compiles everything, with the data already on the device.
 """
 
@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lecopt import data, nn, optimizers, partition, timing, train
+from lecopt import data, nn, optimizers, partition, train
+from lecopt.bench import timing
 from lecopt.train import inputs, programs
 
 BATCH = 128

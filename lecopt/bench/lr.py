@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lecopt import lr_finder, optimizers, schedules, timing
+from lecopt import lr_finder, optimizers, schedules
+from lecopt.bench import timing
 
 NUM_INPUTS = 784
 BATCH = 64

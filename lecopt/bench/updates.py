@@ -1,20 +1,17 @@
-"""``lecopt bench``: lecopt side by side with optax, Flax (and PyTorch when importable).
+"""``lecopt bench`` section "updates": one optimizer step, lecopt against optax (and PyTorch
+when importable).
 
-The update benchmark times one optimizer step (update + apply, jitted, buffers donated) on
-14M float32 parameters in 8 leaves. On a CPU such a step is bound by memory traffic, so the
-bench also measures the machine's bandwidth in the same run (a donated in-place
-``x + a * y``: 3 streams) and reports, per optimizer, the minimal traffic of its update, the
-traffic of the program XLA actually compiled (read off the optimized HLO), and the achieved
-GB/s. Contestants run in interleaved rounds with rotated order (see :mod:`lecopt.timing`).
-
-The other sections (learning-rate range test, BatchNorm, training) live beside the code they
-measure and are collected here.
+The benchmark times one optimizer step (update + apply, jitted, buffers donated) on 14M
+float32 parameters in 8 leaves. On a CPU such a step is bound by memory traffic, so the bench
+also measures the machine's bandwidth in the same run (a donated in-place ``x + a * y``: 3
+streams) and reports, per optimizer, the minimal traffic of its update, the traffic of the
+program XLA actually compiled (read off the optimized HLO), and the achieved GB/s.
+Contestants run in interleaved rounds with rotated order (:mod:`lecopt.bench.timing`).
 """
 
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import re
 from collections.abc import Callable
@@ -25,10 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lecopt import optimizers
-from lecopt.timing import interleaved
+from lecopt import registry
+from lecopt.bench.timing import interleaved
 
-__all__ = ["BENCH_SHAPES", "SECTIONS", "run_updates", "compiled_traffic", "run", "format_section"]
+__all__ = ["BENCH_SHAPES", "OPTIMIZER_CASES", "run", "compiled_traffic"]
 
 BENCH_SHAPES = [(4000, 2000), (2000,), (2000, 2000), (2000,), (2000, 1000), (1000,),
                 (1000, 10), (10,)]
@@ -39,21 +36,21 @@ BENCH_SHAPES = [(4000, 2000), (2000,), (2000, 2000), (2000,), (2000, 1000), (100
 OPTIMIZER_CASES: dict[str, dict[str, Any]] = {
     "momentum": {
         "streams": 5,
-        "lecopt": lambda: optimizers.sgd(1e-3, momentum=0.9),
+        "lecopt": lambda: registry.make_optimizer("momentum", 1e-3, momentum=0.9),
         "optax": lambda: optax.sgd(1e-3, momentum=0.9),
         "optax_label": "optax.sgd(lr, momentum=0.9)",
         "torch": ("SGD", {"lr": 1e-3, "momentum": 0.9}),
     },
     "nesterov": {
         "streams": 5,
-        "lecopt": lambda: optimizers.sgd(1e-3, momentum=0.9, nesterov=True),
+        "lecopt": lambda: registry.make_optimizer("nesterov", 1e-3, momentum=0.9),
         "optax": lambda: optax.sgd(1e-3, momentum=0.9, nesterov=True),
         "optax_label": "optax.sgd(lr, momentum=0.9, nesterov=True)",
         "torch": ("SGD", {"lr": 1e-3, "momentum": 0.9, "nesterov": True}),
     },
     "adagrad": {
         "streams": 5,
-        "lecopt": lambda: optimizers.adagrad(1e-2, eps=1e-7),
+        "lecopt": lambda: registry.make_optimizer("adagrad", 1e-2, eps=1e-7),
         # optax's adagrad puts eps inside the root and starts r at 0.1: the closest setting.
         "optax": lambda: optax.adagrad(1e-2, initial_accumulator_value=0.0, eps=1e-7),
         "optax_label": "optax.adagrad(lr, initial_accumulator_value=0, eps=1e-7) [closest: eps "
@@ -62,14 +59,14 @@ OPTIMIZER_CASES: dict[str, dict[str, Any]] = {
     },
     "rmsprop": {
         "streams": 5,
-        "lecopt": lambda: optimizers.rmsprop(1e-3, decay=0.9, eps=1e-6),
+        "lecopt": lambda: registry.make_optimizer("rmsprop", 1e-3, decay=0.9, eps=1e-6),
         "optax": lambda: optax.rmsprop(1e-3, decay=0.9, eps=1e-6, eps_in_sqrt=False),
         "optax_label": "optax.rmsprop(lr, 0.9, 1e-6, eps_in_sqrt=False)",
         "torch": ("RMSprop", {"lr": 1e-3, "alpha": 0.9, "eps": 1e-6}),
     },
     "adam": {
         "streams": 7,
-        "lecopt": lambda: optimizers.adam(1e-3, eps=1e-8),
+        "lecopt": lambda: registry.make_optimizer("adam", 1e-3, eps=1e-8),
         "optax": lambda: optax.adam(1e-3, eps=0.0, eps_root=1e-8),
         "optax_label": "optax.adam(lr, eps=0, eps_root=1e-8)",
         "torch": ("Adam", {"lr": 1e-3, "eps": 1e-8}),
@@ -171,7 +168,7 @@ def _jax_contestant(tx, shapes, seed: int):
 
 
 def _torch_contestant(spec, shapes):
-    import torch  # noqa: PLC0415 - optional, never a dependency
+    import torch  # optional, never a dependency
 
     name, kwargs = spec
     gen = torch.Generator().manual_seed(0)
@@ -203,12 +200,12 @@ def _torch_available() -> bool:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         importlib.import_module("torch")
-    except Exception:  # noqa: BLE001 - any import failure means "not available"
+    except Exception:  # any import failure means "not available"
         return False
     return True
 
 
-def run_updates(quick: bool = False, rounds: int | None = None, repeats: int | None = None,
+def run(quick: bool = False, rounds: int | None = None, repeats: int | None = None,
                 shapes: list[tuple[int, ...]] | None = None,
                 cases: list[str] | None = None) -> dict[str, Any]:
     """Times one update step of each optimizer for lecopt, optax (and torch if importable)."""
@@ -275,74 +272,3 @@ def run_updates(quick: bool = False, rounds: int | None = None, repeats: int | N
         "repeats": repeats,
         "device": str(jax.devices()[0]),
     }
-
-
-# --------------------------------------------------------------------------------------------
-# Sections and printing.
-
-SECTIONS: dict[str, str] = {
-    "updates": "lecopt.bench:run_updates",
-    "lr": "lecopt._bench_lr:run",
-    "nn": "lecopt._bench_nn:run",
-    "train": "lecopt._bench_train:run",
-}
-
-
-def _load(target: str) -> Callable[..., dict]:
-    module, fn = target.split(":")
-    return getattr(importlib.import_module(module), fn)
-
-
-def format_section(result: dict[str, Any]) -> str:
-    """A plain-text table of one section's rows, its ratios and its notes."""
-    lines = [f"== {result['title']} =="]
-    rows = result.get("rows", [])
-    if rows and "optimizer" in rows[0]:
-        lines.append(f"{'optimizer':<10} {'contestant':<12} {'median ms':>10} {'Mparam/s':>9} "
-                     f"{'loops':>5} {'compiled MB':>11} {'GB/s':>6} {'of bw':>6} "
-                     f"{'compiled of bw':>14}")
-        for r in rows:
-            comp = f"{r['compiled_bytes'] / 1e6:11.0f}" if r["compiled_bytes"] else f"{'-':>11}"
-            loops = f"{r['compiled_loops']:5d}" if r["compiled_loops"] is not None else "    -"
-            fcomp = (f"{r['fraction_of_bandwidth_compiled']:14.2f}"
-                     if r["fraction_of_bandwidth_compiled"] is not None else f"{'-':>14}")
-            lines.append(
-                f"{r['optimizer']:<10} {r['contestant']:<12} {r['median_s'] * 1e3:10.2f} "
-                f"{r['params_per_s'] / 1e6:9.0f} {loops} {comp} {r['achieved_GBps']:6.1f} "
-                f"{r['fraction_of_bandwidth_minimal']:6.2f} {fcomp}"
-            )
-    else:
-        for r in rows:
-            extra = "  ".join(f"{k}={_fmt(v)}" for k, v in r.items()
-                              if k not in ("name", "median_s") and not isinstance(v, list | dict))
-            lines.append(f"  {r['name']:<48} {r['median_s'] * 1e3:10.2f} ms  {extra}")
-    for k, v in result.get("ratios", {}).items():
-        lines.append(f"  ratio {k}: {v:.3f}")
-    for note in result.get("notes", []):
-        lines.append(f"  note: {note}")
-    return "\n".join(lines)
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def run(sections: list[str] | None = None, quick: bool = False,
-        json_path: str | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Runs the chosen sections (all by default), prints each table, optionally writes JSON."""
-    out: dict[str, Any] = {"jax": jax.__version__, "device": str(jax.devices()[0]),
-                           "quick": quick, "sections": {}}
-    for name in sections or list(SECTIONS):
-        try:
-            fn = _load(SECTIONS[name])
-        except (ImportError, AttributeError) as e:
-            echo(f"== {name}: not available ({e}) ==")
-            continue
-        result = fn(quick=quick)
-        out["sections"][name] = result
-        echo(format_section(result))
-        echo("")
-    if json_path:
-        with open(json_path, "w") as f:
-            json.dump(out, f, indent=2, default=float)
-    return out
