@@ -59,13 +59,27 @@ _JAX_TIMEOUT_MARGIN_S = 60
 
 
 def is_loopback(host: str) -> bool:
-    """Whether ``host`` names this machine's loopback interface (127.x.x.x, ::1, localhost)."""
+    """Whether ``host`` names this machine's loopback interface (127.x.x.x, ::1, localhost).
+
+    Example:
+      >>> is_loopback("127.0.0.1"), is_loopback("[::1]"), is_loopback("10.0.0.1")
+      (True, True, False)
+    """
     host = host.strip("[]")
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def parse_address(address: str, name: str = "coordinator") -> tuple[str, int]:
-    """``(host, port)`` of ``"HOST:PORT"``; ValueError naming ``name`` if malformed."""
+    """``(host, port)`` of ``"HOST:PORT"``; ValueError naming ``name`` if malformed.
+
+    Example:
+      >>> parse_address("10.0.0.1:1234")
+      ('10.0.0.1', 1234)
+      >>> parse_address("10.0.0.1")
+      Traceback (most recent call last):
+      ...
+      ValueError: coordinator='10.0.0.1' must be HOST:PORT with a port in 1..65535, e.g. ...
+    """
     host, sep, port = str(address).rpartition(":")
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ValueError(f"{name}={address!r} must be HOST:PORT with a port in 1..65535, "
@@ -74,7 +88,12 @@ def parse_address(address: str, name: str = "coordinator") -> tuple[str, int]:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on at ``host`` right now (the OS picks it)."""
+    """A TCP port nobody listens on at ``host`` right now (the OS picks it).
+
+    Example:
+      >>> 1024 <= free_port() <= 65535
+      True
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
@@ -255,7 +274,13 @@ def _xla_flags(devices: int) -> str:
 
 def local_env(port: int, num_processes: int, process_id: int,
               devices_per_process: int) -> dict[str, str]:
-    """The environment of process ``process_id`` of a local run (see :func:`launch_local`)."""
+    """The environment of process ``process_id`` of a local run (see :func:`launch_local`).
+
+    Example:
+      >>> env = local_env(12355, 2, 1, devices_per_process=2)
+      >>> env["JAX_COORDINATOR_ADDRESS"], env["JAX_PROCESS_ID"], env["JAX_PLATFORMS"]
+      ('127.0.0.1:12355', '1', 'cpu')
+    """
     env = dict(os.environ)
     env.update({
         ENV_COORDINATOR: f"127.0.0.1:{port}",
