@@ -172,7 +172,7 @@ HEARTBEAT_S = 10  # a killed process is declared dead after this long
 # (victim, the checkpoint after which it is SIGKILLed): both processes, mid-epoch and at
 # the end of an epoch.
 KILLS = [(1, 4), (0, 8), (1, 12)]
-MORE_KILLS = [(0, 2), (1, 6), (0, 10), (1, 14), (0, 12), (1, 2)]
+MORE_KILLS = [(0, 2), (1, 6), (0, 10), (1, 10), (0, 12), (1, 2)]
 
 
 def _kill_env(cache: str) -> dict:
