@@ -178,6 +178,14 @@ def _one_line(e: Exception) -> str:
 
 
 def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.local_processes:
+        if args.coordinator or args.num_processes or args.process_id is not None:
+            parser.error("--local-processes starts the processes itself: give it without "
+                         "--coordinator, --num-processes and --process-id")
+        from lecopt import distributed
+
+        return distributed.launch_local(_without_option(args.argv, "--local-processes"),
+                                        args.local_processes)
     import matplotlib.pyplot as plt
 
     from lecopt import nn, train
@@ -197,19 +205,27 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     model = nn.MLP(features=args.features, num_classes=ds.num_classes,
                    batch_norm=args.batch_norm)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt = str(out / "checkpoints") if (args.resume or args.checkpoint_every) else None
+    # Before joining the other processes: once joined, process 0 may write checkpoints.
     if ckpt and not args.resume and Path(ckpt).exists() and any(Path(ckpt).iterdir()):
         parser.error(f"--out {out}: holds checkpoints from an earlier run; pass --resume to "
                      "continue it or choose another --out")
+    mesh = _join_processes(args, parser)
+    from lecopt import distributed
+
+    main_process = distributed.is_main_process()
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
     kwargs: dict[str, Any] = {}
     if args.checkpoint_every:
         kwargs["checkpoint_every"] = args.checkpoint_every
     _, history = train.fit(model, tx, ds, epochs=args.epochs, batch_size=args.batch_size,
                            seed=args.seed, checkpoint_dir=ckpt, progress=not args.quiet,
-                           **kwargs)
+                           mesh=mesh, **kwargs)
+    if not main_process:  # process 0 writes the results and reports
+        return 0
     hist = history.to_dict()
-    hist["settings"] = {k: v for k, v in vars(args).items() if k != "func"}
+    hist["settings"] = {k: v for k, v in vars(args).items() if k not in ("func", "argv")}
     (out / "history.json").write_text(json.dumps(hist, indent=1, default=train.to_jsonable))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     train.plot_history(history, ax=axes)
@@ -372,6 +388,62 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=nonneg_int, default=0)
 
 
+def _add_process_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "several processes", "one process per host; each gets the same command with its own "
+        "--process-id (or $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, $JAX_PROCESS_ID); "
+        "--out must be a folder all of them share")
+    g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="address of process 0 (it listens there)")
+    g.add_argument("--num-processes", type=pos_int, default=None, metavar="N")
+    g.add_argument("--process-id", type=nonneg_int, default=None, metavar="I",
+                   help="this process's index, 0 .. N-1")
+    g.add_argument("--init-timeout", type=pos_float, default=60.0, metavar="S",
+                   help="seconds to wait for every process to join (default 60); also the "
+                        "time after which a process that stopped answering counts as dead")
+    g.add_argument("--local-processes", type=pos_int, default=None, metavar="N",
+                   help="start N processes of this command on this machine (127.0.0.1, 2 "
+                        "simulated CPU devices each) and wait for them")
+
+
+def _without_option(argv: Sequence[str], option: str) -> list[str]:
+    """``argv`` without ``option VALUE`` / ``option=VALUE``."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == option:
+            skip = True
+        elif not a.startswith(option + "="):
+            out.append(a)
+    return out
+
+
+def _join_processes(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    """The mesh over every process's devices if this is one process of several, else None."""
+    import os
+
+    from lecopt import distributed
+
+    several = (args.coordinator or args.num_processes or args.process_id is not None
+               or os.environ.get(distributed.ENV_COORDINATOR))
+    if not several:
+        return None
+    try:
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                               timeout_s=args.init_timeout)
+    except (ValueError, TypeError) as e:
+        parser.error(_one_line(e))
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh
+
+    if args.batch_size % len(jax.devices()):
+        parser.error(f"--batch-size {args.batch_size} must be divisible by the "
+                     f"{len(jax.devices())} devices of the {jax.process_count()} processes")
+    return Mesh(np.array(jax.devices()), ("data",))
+
+
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line (plus a pointer to ``--help``)."""
 
@@ -411,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=pos_int, default=None,
                    help="save a checkpoint every N steps (and at the end)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_process_args(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("lr-find", help="learning-rate range test on the lecture's MLP")
@@ -457,6 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     matplotlib.use("Agg")
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     sub = parser._subparsers._group_actions[0].choices[args.command]
     return int(args.func(args, sub) or 0)
 

@@ -16,7 +16,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lecopt"
 CORE = ["transforms", "optimizers", "schedules", "lr_finder", "nn", "landscapes", "data",
-        "partition", "registry", "_checks"]
+        "partition", "registry", "_checks", "distributed"]
 LAYERS = {"core": CORE, "train": ["train"], "experiments": ["experiments"], "bench": ["bench"]}
 # What each layer must not import (the layers above it).
 FORBIDDEN = {

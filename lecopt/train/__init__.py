@@ -51,6 +51,19 @@ How it is built, and why:
   device's share and inserts the all-reduces of the gradient and of BatchNorm's batch
   statistics itself, so the statistics stay global (no ``axis_name`` needed) and the result
   equals one device's up to float32 rounding (sums are reduced in another order).
+* **Several processes** (a mesh over the devices of several processes, after
+  :func:`lecopt.distributed.initialize`): every process makes the same ``fit`` call and holds
+  the whole data set (the same arrays; ``fit`` checks it, by digests all-gathered from every
+  process, and raises ``ValueError`` if any process's call or data differ from process 0's).
+  The data stays on the host: each epoch, every process computes the same order from the seed
+  and gathers and transfers only its own devices' slice of every minibatch
+  (``jax.make_array_from_callback`` into a global (S, B, ...) array split along B), and the
+  test set is split the same way once. Gradients and BatchNorm statistics are all-reduced
+  across processes (gloo on CPU), so every process returns the same state and history (bit
+  for bit, but for ``wall_time``, each process's own clock). Checkpoints go to a directory
+  all processes share, through orbax's multi-process protocol (barriers between the
+  processes; the replicated state and the JSON record are written once; process 0 renames
+  the finished checkpoint), with the same atomicity; the progress bar is process 0's only.
 
 Files: :mod:`~lecopt.train.records` (state, history, errors, JSON),
 :mod:`~lecopt.train.inputs` (checking the model and the data), :mod:`~lecopt.train.programs`

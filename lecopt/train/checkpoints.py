@@ -6,7 +6,10 @@ the run's :func:`fingerprint`. Orbax writes into a temporary directory and renam
 complete (atomic on a local file system), so an interrupted write leaves the previous
 checkpoint intact; unfinished temporary directories are removed when the next run opens the
 directory. Restoring takes the newest readable checkpoint; one of another run raises
-:class:`~lecopt.train.CheckpointMismatchError`.
+:class:`~lecopt.train.CheckpointMismatchError`. Across processes (a mesh over several), every
+process saves and restores through orbax's multi-process protocol into one directory that all
+of them share: the processes meet at barriers, the replicated state and the JSON record are
+written once, and process 0 renames the checkpoint when every part is written.
 """
 
 from __future__ import annotations

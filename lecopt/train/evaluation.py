@@ -6,11 +6,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import flax
+import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from lecopt._checks import check_int
 from lecopt.train import programs
-from lecopt.train.inputs import check_model, check_xy
+from lecopt.train.inputs import check_model, check_xy, gathered_test_set
 from lecopt.train.records import Evaluation
 
 __all__ = ["evaluate"]
@@ -30,6 +33,11 @@ def evaluate(model: flax.linen.Module, variables: Mapping[str, Any], x: Any, y: 
       y: integer labels (N,).
       batch_size: examples per forward pass.
 
+    With ``variables`` on a mesh over several processes (the state :func:`~lecopt.train.fit`
+    returns there), every process makes the same call with the whole ``(x, y)``; each
+    transfers only its devices' slice of every batch (split along the mesh's first axis) and
+    all get the same result.
+
     Returns:
       :class:`~lecopt.train.Evaluation` ``(loss, error)``: loss in nats, error as a fraction
       in [0, 1].
@@ -46,8 +54,28 @@ def evaluate(model: flax.linen.Module, variables: Mapping[str, Any], x: Any, y: 
     check_model(model)
     batch_size = check_int("batch_size", batch_size)
     check_xy("test", x, y)
+    mesh = _mesh_across_processes(variables)
+    if mesh is not None:
+        axis = mesh.axis_names[0]
+        devices = mesh.shape[axis]
+        batch = -(-min(batch_size, x.shape[0]) // devices) * devices
+        xs, ys = gathered_test_set(np.asarray(x), np.asarray(y, np.int32), batch,
+                                   NamedSharding(mesh, PartitionSpec(None, axis)))
+        key = programs.EvalKey(programs.ByValue(model), programs.accepts_train(model),
+                               NamedSharding(mesh, PartitionSpec(axis)), batch, True)
+        loss, error = programs.eval_programs(key).evaluate(dict(variables), xs, ys)
+        return Evaluation(float(loss), float(error))
     x, y = jnp.asarray(x), jnp.asarray(y, jnp.int32)
     key = programs.EvalKey(programs.ByValue(model), programs.accepts_train(model), None,
                            min(batch_size, x.shape[0]))
     loss, error = programs.eval_programs(key).evaluate(dict(variables), x, y)
     return Evaluation(float(loss), float(error))
+
+
+def _mesh_across_processes(variables: Any) -> Any:
+    """The mesh of ``variables`` if they are global arrays over several processes, else None."""
+    for leaf in jax.tree.leaves(variables):
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable \
+                and isinstance(leaf.sharding, NamedSharding):
+            return leaf.sharding.mesh
+    return None

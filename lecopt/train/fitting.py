@@ -16,12 +16,19 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from lecopt import partition
+from lecopt import distributed, partition
 from lecopt._checks import check_int
 from lecopt.train import programs
 from lecopt.train.checkpoints import Checkpointer, Position, fingerprint
-from lecopt.train.inputs import Setup, check_mode, check_model, model_calling_convention, prepare
-from lecopt.train.records import History, NonFiniteError, TrainState
+from lecopt.train.inputs import (
+    Setup,
+    check_mode,
+    check_model,
+    model_calling_convention,
+    prepare,
+    unpack_data,
+)
+from lecopt.train.records import History, NonFiniteError, TrainState, to_jsonable
 
 __all__ = ["fit", "init_state", "check_optimizer", "epoch_means", "progress_bar"]
 
@@ -67,7 +74,10 @@ def fit(
       seed: derives the initialisation and the data order (:func:`init_state`,
         :func:`~lecopt.train.batch_order`).
       mesh: a ``jax.sharding.Mesh``; every minibatch is split along its first axis, the
-        parameters are replicated. ``batch_size`` must be divisible by that axis' size.
+        parameters are replicated. ``batch_size`` must be divisible by that axis' size. A
+        mesh over several processes' devices (:mod:`lecopt.distributed`): every process
+        makes this same call with the whole data set (the same in each); each transfers
+        only its devices' slice of every minibatch, and all return the same result.
       checkpoint_dir: save checkpoints here and resume from the newest one found.
       checkpoint_every: save every this many steps (counted from the start of training) and at
         the end; default: at the end of every epoch.
@@ -119,23 +129,30 @@ def fit(
     compiled = programs.train_programs(setup.program_key(on_nonfinite, structure))
     evaluate_test = setup.eval_programs().evaluate
     init_key, data_key = programs.seed_keys(seed)
-    if setup.replicated is not None:
+    if setup.multiprocess:
+        init_key, data_key, hyperparameters = distributed.replicated(
+            (init_key, data_key, hyperparameters), setup.replicated)
+    elif setup.replicated is not None:
         init_key, data_key = jax.device_put((init_key, data_key), setup.replicated)
     run = _Run(setup, compiled, hyperparameters, data_key)
+    if setup.multiprocess:
+        _check_processes_agree(run.fingerprint(init_key, structure, seed), data, epochs=epochs,
+                               save_every=save_every, on_nonfinite=on_nonfinite,
+                               eval_batch_size=setup.eval_batch_size, observed=observed,
+                               checkpoints=checkpoint_dir is not None)
     checkpointer = None if checkpoint_dir is None else run.open_checkpoints(
         checkpoint_dir, max_to_keep, init_key, structure, seed, epochs)
     if run.state is None:
-        run.state = compiled.init(init_key, setup.x[:1], hyperparameters)
-    bar = progress_bar(progress, epochs, run.epoch, "fit")
+        run.state = compiled.init(init_key, setup.example, hyperparameters)
+    bar = progress_bar(progress and distributed.is_main_process(), epochs, run.epoch, "fit")
     try:
         run.notify(callback, observed)
         while run.epoch < epochs:
-            order = programs.epoch_order(data_key, run.epoch, setup.n, steps_per_epoch,
-                                         setup.batch_size)
+            batches = setup.epoch_data(data_key, run.epoch)
             while run.step_in_epoch < steps_per_epoch:
                 pause = _next_pause(run.global_step, save_every if checkpointer else None,
                                     observed)
-                run.train_until(pause, order)
+                run.train_until(pause, batches)
                 if checkpointer and run.step_in_epoch < steps_per_epoch \
                         and run.global_step % save_every == 0:
                     run.save(checkpointer)
@@ -198,6 +215,10 @@ class _Run:
         self.started = time.perf_counter()
         self.losses = jnp.zeros([setup.steps], jnp.float32)  # buffers the chunks write into
         self.errors = jnp.zeros([setup.steps], jnp.float32)
+        self.no_bad_step = jnp.asarray(-1, jnp.int32)
+        if setup.multiprocess:
+            self.losses, self.errors, self.no_bad_step = distributed.replicated(
+                (self.losses, self.errors, self.no_bad_step), setup.replicated)
 
     @property
     def global_step(self) -> int:
@@ -206,16 +227,23 @@ class _Run:
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.started
 
+    def template(self, init_key: jax.Array) -> TrainState:
+        """The state's shapes, without computing it: a resumed run never initialises."""
+        return jax.eval_shape(self.compiled.init, init_key, self.setup.example,
+                              self.hyperparameters)
+
+    def fingerprint(self, init_key: jax.Array, structure: partition.Structure, seed: int
+                    ) -> dict[str, Any]:
+        return fingerprint(self.setup.model, self.template(init_key), structure,
+                           self.hyperparameters, self.setup.batch_size, seed, self.setup.x)
+
     def open_checkpoints(self, directory: Any, max_to_keep: int, init_key: jax.Array,
                          structure: partition.Structure, seed: int, epochs: int
                          ) -> Checkpointer:
         """Opens the checkpoint directory and resumes from its newest checkpoint, if any."""
-        # The state's shapes, without computing it: a resumed run never initialises.
-        template = jax.eval_shape(self.compiled.init, init_key, self.setup.x[:1],
-                                  self.hyperparameters)
-        checkpointer = Checkpointer(directory, max_to_keep, fingerprint(
-            self.setup.model, template, structure, self.hyperparameters,
-            self.setup.batch_size, seed, self.setup.x))
+        template = self.template(init_key)
+        checkpointer = Checkpointer(directory, max_to_keep,
+                                    self.fingerprint(init_key, structure, seed))
         sharding = self.setup.replicated or jax.sharding.SingleDeviceSharding(jax.devices()[0])
         resumed = checkpointer.restore(template, sharding)
         if resumed is not None:
@@ -229,15 +257,15 @@ class _Run:
                                  f"epochs={epochs}")
         return checkpointer
 
-    def train_until(self, pause: int, order: jax.Array) -> None:
-        """Runs the steps up to global step ``pause`` or the epoch's end, whichever is first;
-        raises :class:`NonFiniteError` in "stop" mode at a non-finite step."""
+    def train_until(self, pause: int, batches: tuple[Any, Any, jax.Array]) -> None:
+        """Runs the steps up to global step ``pause`` or the epoch's end, whichever is first,
+        on ``batches`` = (x, y, order) of the epoch (:meth:`Setup.epoch_data`); raises
+        :class:`NonFiniteError` in "stop" mode at a non-finite step."""
         steps, start = self.setup.steps, self.step_in_epoch
         stop = min(steps, pause - self.epoch * steps)
-        no_bad_step = jnp.asarray(-1, jnp.int32)
         self.state, self.losses, self.errors, skipped, bad_step = self.compiled.train_steps(
-            self.state, self.hyperparameters, self.setup.x, self.setup.y, order, start, stop,
-            no_bad_step, self.losses, self.errors)
+            self.state, self.hyperparameters, *batches, start, stop, self.no_bad_step,
+            self.losses, self.errors)
         bad_step = int(bad_step)
         self.step_in_epoch = stop if bad_step < 0 else bad_step + 1
         self.skipped_in_epoch += int(skipped)
@@ -289,6 +317,21 @@ class _Run:
         if callback is not None and observed and observed[0] == self.global_step:
             observed.pop(0)
             callback(self.global_step, self.state)
+
+
+def _check_processes_agree(run_fingerprint: dict[str, Any], data: Any, **settings: Any) -> None:
+    """ValueError, in every process, if any process makes another ``fit`` call than process 0
+    (model, optimizer, batch size, seed, the data's shapes and contents, the settings)."""
+    x, y, x_test, y_test = unpack_data(data)
+    fields = {**run_fingerprint, **{k: to_jsonable(v) for k, v in settings.items()},
+              "train_data_contents": distributed.content_digest(x, y),
+              "test_data_contents": distributed.content_digest(x_test, y_test)}
+    differ = distributed.mismatched_fields(fields)
+    if differ:
+        details = ", ".join(f"{k} in process(es) {ps}" for k, ps in differ.items())
+        raise ValueError(f"fit across {jax.process_count()} processes: the processes disagree "
+                         f"about the run ({details} differ from process 0's). Every process "
+                         "must make the same fit call, with the same whole data set.")
 
 
 def _check_callback(callback: Any, callback_steps: Iterable[int], total_steps: int

@@ -10,14 +10,15 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from lecopt import partition
+from lecopt import distributed, partition
 from lecopt._checks import check_int
 from lecopt.train import programs
 
 __all__ = ["NONFINITE_MODES", "COLLECTIONS", "Setup", "prepare", "unpack_data", "check_xy",
-           "check_model", "check_mode", "model_calling_convention"]
+           "check_model", "check_mode", "model_calling_convention", "gathered_test_set"]
 
 NONFINITE_MODES = ("stop", "skip")
 COLLECTIONS = ("params", "batch_stats")
@@ -102,16 +103,41 @@ class Setup:
     eval_batch_size: int
     batch_sharding: Any
     replicated: Any
+    # A mesh over several processes: x, y stay on the host (every process holds them whole);
+    # each epoch's minibatches are gathered into global arrays (S, B, ...) split like this
+    # (epoch_data), and x_test, y_test already are such batches (label -1: padding).
+    epoch_sharding: Any = None
+    x1: Any = None  # x[:1] on the devices (model.init's example), when x stays on the host
+
+    @property
+    def multiprocess(self) -> bool:
+        return self.epoch_sharding is not None
+
+    @property
+    def example(self) -> Any:
+        """One training input (1, ...), on the devices: what ``model.init`` is given."""
+        return self.x[:1] if self.x1 is None else self.x1
 
     def program_key(self, on_nonfinite: str, optimizer: partition.Structure
                     ) -> programs.ProgramKey:
         return programs.ProgramKey(programs.ByValue(self.model), self.takes_train, on_nonfinite,
-                                   self.batch_sharding, optimizer)
+                                   self.batch_sharding, optimizer, self.multiprocess)
 
     def eval_programs(self) -> programs.EvalPrograms:
         return programs.eval_programs(programs.EvalKey(
             programs.ByValue(self.model), self.takes_train, self.batch_sharding,
-            self.eval_batch_size))
+            self.eval_batch_size, self.multiprocess))
+
+    def epoch_data(self, data_key: jax.Array, epoch: int) -> tuple[Any, Any, jax.Array]:
+        """``(x, y, order)``, the arguments of the training program for ``epoch``."""
+        order = programs.epoch_order(data_key, epoch, self.n, self.steps, self.batch_size)
+        if not self.multiprocess:
+            return self.x, self.y, order
+        # Every process has the same order (a fully replicated array: the same seed), and
+        # gathers and transfers only its own devices' part of each minibatch.
+        host_order = np.asarray(order)
+        return (distributed.gathered(self.x, host_order, self.epoch_sharding),
+                distributed.gathered(self.y, host_order, self.epoch_sharding), order)
 
 
 def prepare(model: Any, data: Any, batch_size: int, eval_batch_size: int,
@@ -142,12 +168,43 @@ def prepare(model: Any, data: Any, batch_size: int, eval_batch_size: int,
         eval_batch_size = -(-eval_batch_size // devices) * devices
         batch_sharding = NamedSharding(mesh, PartitionSpec(axis))
         replicated = NamedSharding(mesh, PartitionSpec())
+    if x_test is not None:
+        eval_batch_size = min(eval_batch_size, -(-int(x_test.shape[0]) // devices) * devices)
+    if mesh is not None and distributed.spans_processes(mesh):
+        return _prepare_across_processes(model, x, y, x_test, y_test, n, batch_size,
+                                         eval_batch_size, mesh)
     # Each array goes to the device once per call (a no-op for arrays already there).
     put = functools.partial(jax.device_put, device=replicated)
     x, y = put(jnp.asarray(x)), put(jnp.asarray(y, jnp.int32))
     if x_test is not None:
         x_test, y_test = put(jnp.asarray(x_test)), put(jnp.asarray(y_test, jnp.int32))
-        eval_batch_size = min(eval_batch_size, -(-int(x_test.shape[0]) // devices) * devices)
     takes_train = model_calling_convention(model, x[:1])
     return Setup(model, takes_train, x, y, x_test, y_test, n, n // batch_size, batch_size,
                  eval_batch_size, batch_sharding, replicated)
+
+
+def _prepare_across_processes(model: Any, x: Any, y: Any, x_test: Any, y_test: Any, n: int,
+                              batch_size: int, eval_batch_size: int, mesh: Mesh) -> Setup:
+    """The :class:`Setup` of a mesh over several processes: the data stays on the host."""
+    axis = mesh.axis_names[0]
+    epoch_sharding = NamedSharding(mesh, PartitionSpec(None, axis))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    x, y = np.asarray(x), np.asarray(y, np.int32)
+    if x_test is not None:
+        x_test, y_test = gathered_test_set(np.asarray(x_test), np.asarray(y_test, np.int32),
+                                            eval_batch_size, epoch_sharding)
+    x1 = distributed.replicated(x[:1], replicated)
+    takes_train = model_calling_convention(model, x1)
+    return Setup(model, takes_train, x, y, x_test, y_test, n, n // batch_size, batch_size,
+                 eval_batch_size, NamedSharding(mesh, PartitionSpec(axis)), replicated,
+                 epoch_sharding, x1)
+
+
+def gathered_test_set(x: np.ndarray, y: np.ndarray, batch: int, sharding: Any):
+    """The test set as global batches (nb, batch, ...) split like the minibatches; the last
+    batch is padded with copies of the last example, labelled -1."""
+    n = x.shape[0]
+    flat = np.arange(-(-n // batch) * batch).reshape(-1, batch)
+    labels = np.append(y, np.int32(-1))
+    return (distributed.gathered(x, np.minimum(flat, n - 1), sharding),
+            distributed.gathered(labels, np.minimum(flat, n), sharding))

@@ -133,6 +133,9 @@ class ProgramKey(NamedTuple):
     on_nonfinite: str  # "stop" or "skip"
     batch_sharding: Any  # NamedSharding or None
     optimizer: partition.Structure
+    # x, y are the epoch's minibatches gathered beforehand, (S, B, ...), not the data set
+    # (a mesh over several processes: lecopt.train.inputs.Setup.epoch_data).
+    gathered: bool = False
 
 
 class TrainPrograms(NamedTuple):
@@ -188,7 +191,10 @@ def _train_steps(key: ProgramKey, state: TrainState, hyperparameters: list, x: j
 
     def body(carry):
         i, state, losses, errors, skipped, bad = carry
-        xb, yb = jnp.take(x, order[i], axis=0), jnp.take(y, order[i], axis=0)
+        if key.gathered:
+            xb, yb = x[i], y[i]
+        else:
+            xb, yb = jnp.take(x, order[i], axis=0), jnp.take(y, order[i], axis=0)
         if key.batch_sharding is not None:
             xb = lax.with_sharding_constraint(xb, key.batch_sharding)
             yb = lax.with_sharding_constraint(yb, key.batch_sharding)
@@ -256,6 +262,9 @@ class EvalKey(NamedTuple):
     takes_train: bool
     batch_sharding: Any
     batch_size: int
+    # x, y are the test set's batches gathered beforehand, (nb, batch, ...), label -1 marking
+    # the padding (a mesh over several processes).
+    gathered: bool = False
 
 
 class EvalPrograms(NamedTuple):
@@ -291,10 +300,32 @@ def _evaluate(key: EvalKey, variables: Any, x: jax.Array, y: jax.Array
     return loss_sum / n, error_sum / n
 
 
+def _evaluate_gathered(key: EvalKey, variables: Any, xs: jax.Array, ys: jax.Array
+                       ) -> tuple[jax.Array, jax.Array]:
+    """:func:`_evaluate` over batches gathered beforehand: ``xs`` (nb, batch, ...), ``ys``
+    (nb, batch), where label -1 marks the padding of the last batch."""
+    kw = {"train": False} if key.takes_train else {}
+
+    def body(sums, batch):
+        xb = lax.with_sharding_constraint(batch[0], key.batch_sharding)
+        yb = lax.with_sharding_constraint(batch[1], key.batch_sharding)
+        real = yb >= 0
+        yb = jnp.maximum(yb, 0)
+        logits = key.model.value.apply(variables, xb, **kw)
+        loss = jnp.where(real, _cross_entropy(logits, yb), 0.0)
+        err = jnp.where(real, (jnp.argmax(logits, -1) != yb).astype(jnp.float32), 0.0)
+        return (sums[0] + loss.sum(), sums[1] + err.sum(), sums[2] + real.sum()), None
+
+    zero = jnp.zeros([], jnp.float32)
+    (loss_sum, error_sum, n), _ = lax.scan(body, (zero, zero, jnp.zeros([], jnp.int32)),
+                                           (xs, ys))
+    return loss_sum / n, error_sum / n
+
+
 @functools.lru_cache(maxsize=64)
 def eval_programs(key: EvalKey) -> EvalPrograms:
     """The jitted evaluation programs of one model and batch size (cached)."""
-    f = functools.partial(_evaluate, key)
+    f = functools.partial(_evaluate_gathered if key.gathered else _evaluate, key)
     return EvalPrograms(jax.jit(f), jax.jit(jax.vmap(f, in_axes=(0, None, None))))
 
 
