@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lecopt import nnx as lnnx
-from lecopt.timing import interleaved
+from lecopt.bench.timing import interleaved
 
 __all__ = ["run"]
 
