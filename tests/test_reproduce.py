@@ -152,8 +152,11 @@ def test_make_reproduce_writes_only_under_results(tmp_path):
     if shutil.which("make") is None or shutil.which("git") is None:
         pytest.skip("needs make and git")
     repo = _copy_of_the_checkout(tmp_path / "repo")
-    recipe = subprocess.run(["make", "-n", "-o", ".venv/.installed", "reproduce",
-                             f"PY={sys.executable}"], cwd=repo, capture_output=True, text=True,
+    # --no-print-directory: under `make test` this make is a sub-make, which would otherwise
+    # end its output with "make[1]: Leaving directory ...".
+    recipe = subprocess.run(["make", "--no-print-directory", "-n", "-o", ".venv/.installed",
+                             "reproduce", f"PY={sys.executable}"], cwd=repo,
+                            capture_output=True, text=True,
                             check=True).stdout.strip().splitlines()[-1]
     assert "lecopt reproduce" in recipe
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
