@@ -134,7 +134,7 @@ def loglog_slope(t: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarra
     """Least-squares slope of ``log y`` against ``log t`` (``y ~ t^slope``).
 
     Example:
-      >>> loglog_slope([1, 10, 100], [1.0, 0.1, 0.01])
+      >>> round(loglog_slope([1, 10, 100], [1.0, 0.1, 0.01]), 12)
       -1.0
     """
     lt, ly = np.log(np.asarray(t, np.float64)), np.log(np.asarray(y, np.float64))

@@ -118,7 +118,7 @@ def fluctuation(errors: Sequence[float], detrend: bool = False) -> float:
       The mean absolute change (same units as ``errors``).
 
     Example:
-      >>> fluctuation([0.1, 0.3, 0.1, 0.3])
+      >>> round(fluctuation([0.1, 0.3, 0.1, 0.3]), 12)
       0.2
     """
     e = np.asarray(errors, dtype=np.float64)
