@@ -297,7 +297,8 @@ def _cmd_lr_find(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         plan = schedules.one_cycle_from_range_test(suggestion, max(total, 2))
         print(f"one-cycle plan for {args.epochs} epochs ({total} steps): rate "
               f"{plan.initial_lr:.3g} -> {plan.max_lr:.3g} at step {plan.peak_step:g} -> "
-              f"{plan.min_lr:.3g}; momentum 0.95 -> 0.85 -> 0.95")
+              f"{plan.min_lr:.3g}; its momentum (schedules.one_cycle_momentum) 0.95 -> 0.85 -> "
+              "0.95 in code, a constant --momentum on the command line")
         print(f"  lecopt train --optimizer {args.optimizer} --lr {plan.max_lr:.3g} --epochs "
               f"{args.epochs} --batch-size {args.batch_size} --schedule one_cycle")
     if grid is not None:

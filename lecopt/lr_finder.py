@@ -673,10 +673,19 @@ def lr_range_test(
         transformation.
 
     Example:
+      >>> import optax
       >>> opt = lambda lr: lecopt.sgd(lr, momentum=0.9)
-      >>> res = lecopt.lr_range_test(loss_fn, params, {"x": xb, "y": yb}, opt, seeds=3)
-      >>> res.suggestion, res.suggestions["fastai valley"], res.spread["lecopt"]
-      >>> res.plot()
+      >>> xb = jax.random.normal(jax.random.key(0), (20, 32, 4))  # 20 minibatches of 32
+      >>> yb = (xb.sum(-1) > 0).astype(jnp.float32)
+      >>> def loss_fn(p, batch):
+      ...     logits = batch["x"] @ p["w"]
+      ...     return optax.sigmoid_binary_cross_entropy(logits, batch["y"]).mean()
+      >>> res = lecopt.lr_range_test(loss_fn, {"w": jnp.zeros(4)}, {"x": xb, "y": yb}, opt,
+      ...                            min_lr=1e-4, max_lr=100.0, num_steps=60, seeds=3)
+      >>> res.losses.shape, res.seed_suggestions["lecopt"].shape
+      ((3, 60), (3,))
+      >>> bool(1e-4 < res.suggestion < 100.0), bool(res.spread["lecopt"] >= 1.0)
+      (True, True)
     """
     if not callable(loss_fn):
         raise TypeError(f"loss_fn: expected a function, got {loss_fn!r}")
@@ -829,9 +838,11 @@ def grid_search(model: Any, optimizer_factory: Callable[[Any], Any], data: Any, 
       A :class:`GridSearchResult`.
 
     Example:
-      >>> grid = grid_search(nn.MLP((64,)), lambda lr: lecopt.sgd(lr, momentum=0.9),
-      ...                    data.load("mnist-5k"), rates=np.logspace(-3, 0, 13), epochs=2)
-      >>> grid.best_rate, grid.best_loss
+      >>> from lecopt import data, nn
+      >>> grid = grid_search(nn.MLP((8,)), lambda lr: lecopt.sgd(lr, momentum=0.9),
+      ...                    data.load("mnist-5k"), rates=[0.01, 0.1, 1.0], epochs=1)
+      >>> grid.best_rate, bool(grid.best_loss == grid.final_loss.min())
+      (0.1, True)
     """
     if not callable(optimizer_factory):
         raise TypeError(f"optimizer_factory: expected a function rate -> optimizer, got "

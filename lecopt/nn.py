@@ -360,12 +360,18 @@ class BatchNorm(nn.Module):
         ``sigma^2 m / (m - 1)``, as PyTorch does (normalization still uses the biased one).
 
     Example:
+      >>> from lecopt.nn import BatchNorm
+      >>> x = jnp.array([[0.0, 10.0], [2.0, 30.0]])
       >>> bn = BatchNorm()
-      >>> variables = bn.init(key, x, use_running_average=False)
+      >>> variables = bn.init(jax.random.key(0), x, use_running_average=False)
       >>> y, updates = bn.apply(variables, x, use_running_average=False,
       ...                       mutable=["batch_stats"])
+      >>> np.asarray(y).round(3)  # each feature to mean 0, variance 1 over the batch
+      array([[-1., -1.],
+             [ 1.,  1.]], dtype=float32)
       >>> variables = {**variables, **updates}
-      >>> y_pred = bn.apply(variables, x_new, use_running_average=True)
+      >>> bn.apply(variables, x, use_running_average=True).shape
+      (2, 2)
     """
 
     use_running_average: bool | None = None
@@ -451,11 +457,15 @@ class MLP(nn.Module):
     must be given.
 
     Example:
+      >>> from lecopt.nn import MLP
+      >>> images = jnp.ones((4, 784))
       >>> model = MLP(features=(512, 512), batch_norm=True)
-      >>> variables = model.init(key, images, train=False)
+      >>> variables = model.init(jax.random.key(0), images, train=False)
       >>> logits, updates = model.apply(variables, images, train=True,
       ...                               mutable=["batch_stats"])
       >>> predictions = model.apply({**variables, **updates}, images, train=False).argmax(-1)
+      >>> logits.shape, predictions.shape
+      ((4, 10), (4,))
     """
 
     features: Sequence[int] = (512, 512)
@@ -578,8 +588,13 @@ def population_batch_stats(
       ``var`` of every BatchNorm layer the model called.
 
     Example:
+      >>> from lecopt.nn import MLP, population_batch_stats
+      >>> x_train = jax.random.normal(jax.random.key(1), (1000, 3))
+      >>> model = MLP(features=(4,), num_classes=2, batch_norm=True)
+      >>> variables = model.init(jax.random.key(0), x_train[:1], train=False)
       >>> variables = population_batch_stats(model, variables, x_train, batch_size=500)
-      >>> logits = model.apply(variables, x_test, train=False)
+      >>> model.apply(variables, x_train[:5], train=False).shape
+      (5, 2)
     """
     _checks.check_positive_int("batch_size", batch_size)
     x = np.asarray(x) if not isinstance(x, jax.Array) else x

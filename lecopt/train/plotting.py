@@ -14,7 +14,7 @@ __all__ = ["plot_history"]
 
 def plot_history(history: History | Mapping[str, Any], ax: Any = None) -> Any:
     """Training and test loss and error per epoch (and the per-step loss, faint), and the
-    learning rate at each epoch's end on the error panel's right axis (log scale).
+    learning rate at each epoch's end on the error panel's right axis.
 
     Args:
       history: a :class:`~lecopt.train.History` or its :meth:`~lecopt.train.History.to_dict`.
@@ -34,7 +34,7 @@ def plot_history(history: History | Mapping[str, Any], ax: Any = None) -> Any:
       (['Loss', 'Error'], 'Training history (2 epochs, batch 32)')
       >>> h.learning_rate = [0.1, 0.05]
       >>> train.plot_history(h).axes[2].get_ylabel()
-      'learning rate alpha at epoch end (log)'
+      'learning rate alpha at epoch end'
 
     """
     import matplotlib.pyplot as plt
@@ -86,8 +86,9 @@ def plot_history(history: History | Mapping[str, Any], ax: Any = None) -> Any:
             ax_rate = ax_err.twinx()
             ax_rate.plot(epoch_ends[: rates.size], rates, "^:", color="0.35",
                          label="learning rate (right axis)")
-            ax_rate.set_yscale("log")
-            ax_rate.set_ylabel("learning rate alpha at epoch end (log)")
+            # Linear from 0: schedules end at (or near) 0, which a log axis cannot show.
+            ax_rate.set_ylim(0, 1.1 * float(np.nanmax(rates)))
+            ax_rate.set_ylabel("learning rate alpha at epoch end")
             more, more_labels = ax_rate.get_legend_handles_labels()
             handles, labels = handles + more, labels + more_labels
         ax_err.legend(handles, labels)
