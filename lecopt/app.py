@@ -109,8 +109,8 @@ def serve(port: int | None = None, host: str = "127.0.0.1", open_browser: bool =
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/"
 
-    import tornado.ioloop  # noqa: PLC0415 - with the optional extra
-    from voila.app import Voila  # noqa: PLC0415
+    import tornado.ioloop
+    from voila.app import Voila
 
     with _kernel_of_this_interpreter() as jupyter_dir:
         env = {"JUPYTER_PATH": os.pathsep.join(

@@ -326,16 +326,16 @@ to 10x above it (13 rates)."""
 def _validate(args, model, make_tx, ds, result, suggestion):
     import numpy as np
 
-    from lecopt import lr_finder
+    from lecopt import train
 
     if not (math.isfinite(suggestion) and suggestion > 0):
         print("validate: no suggestion to centre the grid on; skipped")
         return None
     k = np.arange(-4 * GRID_DECADES_BELOW, 4 * GRID_DECADES_ABOVE + 1)
     rates = suggestion * 10.0 ** (0.25 * k)
-    grid = lr_finder.grid_search(model, make_tx, ds, rates=rates, epochs=args.epochs,
-                                 batch_size=args.batch_size, seed=args.seed)
-    rows = lr_finder.validate(result, grid)
+    grid = train.grid_search(model, make_tx, ds, rates=rates, epochs=args.epochs,
+                             batch_size=args.batch_size, seed=args.seed)
+    rows = train.validate_suggestions(result, grid)
     print(f"grid search: {len(rates)} constant rates {rates[0]:.3g} .. {rates[-1]:.3g}, "
           f"{args.epochs} epochs each: best {grid.best_rate:.3g} (final training loss "
           f"{grid.best_loss:.4f})"
@@ -360,7 +360,7 @@ def _cmd_reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
 
 
 def _cmd_app(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from lecopt import app  # noqa: PLC0415
+    from lecopt import app
 
     return app.run(args)
 
@@ -515,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder for the sections' figures (default bench-out/)")
     p.set_defaults(func=_cmd_bench)
 
-    from lecopt import app  # noqa: PLC0415 - stdlib only; the server loads when it starts
+    from lecopt import app
 
     p = sub.add_parser("app", help="serve the lecture's explorers as a web page (lecopt[app])")
     app.add_arguments(p)

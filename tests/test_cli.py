@@ -174,10 +174,10 @@ def test_lr_find_seeds_validate_and_one_cycle_plan(tmp_path, monkeypatch, capsys
     the printed regrets from the grid's losses, the one-cycle plan from the suggestion."""
     import numpy as np
 
-    from lecopt import cli, lr_finder
+    from lecopt import cli, lr_finder, train
 
     seen = {}
-    real_test, real_grid = lr_finder.lr_range_test, lr_finder.grid_search
+    real_test, real_grid = lr_finder.lr_range_test, train.grid_search
 
     def range_test(*a, **kw):
         seen["result"] = real_test(*a, **kw)
@@ -188,7 +188,7 @@ def test_lr_find_seeds_validate_and_one_cycle_plan(tmp_path, monkeypatch, capsys
         return seen["grid"]
 
     monkeypatch.setattr(lr_finder, "lr_range_test", range_test)
-    monkeypatch.setattr(lr_finder, "grid_search", grid_search)
+    monkeypatch.setattr(train, "grid_search", grid_search)
     fig = tmp_path / "lr.png"
     assert cli.main(["lr-find", "--features", "8", "--steps", "30", "--seeds", "3",
                      "--validate", "--epochs", "1", "--batch-size", "250",

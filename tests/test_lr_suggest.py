@@ -173,7 +173,7 @@ def test_grid_search_equals_separate_fits():
     model = lnn.MLP(features=(8,), num_classes=4)
     factory = lambda lr: optimizers.sgd(lr, momentum=0.9)
     rates = [0.1, 1.0, 1e3]  # the last one diverges
-    grid = lr_finder.grid_search(model, factory, data, rates=rates, epochs=1, batch_size=32,
+    grid = train.grid_search(model, factory, data, rates=rates, epochs=1, batch_size=32,
                                  seed=1, strategy="vmap")
     for i, rate in enumerate(rates):
         if i == 3:
@@ -188,7 +188,7 @@ def test_grid_search_equals_separate_fits():
         np.testing.assert_allclose(grid.final_loss[i], loss, rtol=2e-5)
         np.testing.assert_allclose(grid.test_error[i], hist.test_error[-1], atol=1e-6)
     assert grid.best_rate == rates[int(np.argmin(grid.final_loss))]
-    rows = lr_finder.validate(
+    rows = train.validate_suggestions(
         lr_finder.LRRangeTestResult(*[None] * 5, suggestion=0.1, suggestions={"x": 0.1}), grid)
     assert rows[0]["regret"] == pytest.approx(grid.final_loss[0] / grid.best_loss, rel=2e-5)
 

@@ -201,7 +201,7 @@ def _kill_and_resume(tmp: Path, victim: int, after: int, cache: str) -> dict:
         killed_at = time.monotonic()
         try:
             code = group.procs[survivor].wait(timeout=HEARTBEAT_S + 50)
-        except Exception:  # noqa: BLE001 - a hang: reported below, killed by processes()
+        except Exception:  # a hang: reported below, killed by processes()
             code = None
         waited = time.monotonic() - killed_at
         survivor_output = group.output(survivor)

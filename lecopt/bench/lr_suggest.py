@@ -5,7 +5,7 @@ For every task (model, optimizer, batch size, budget in epochs) of :data:`TASKS`
 
 1. range tests over 3 seeds (one vmapped program, :func:`lecopt.lr_finder.lr_range_test`) at
    each resolution of ``num_steps`` (100, 400, 1000 steps) over the same range of rates;
-2. a grid search (:func:`lecopt.lr_finder.grid_search`) of constant rates a quarter-decade
+2. a grid search (:func:`lecopt.train.grid_search`) of constant rates a quarter-decade
    apart (at least 13, extended until the best is inside) for the task's budget, from the
    same initialisation and minibatch order as every other run of the task;
 3. for every rule and resolution: its suggestion (median over the seeds), the final training
@@ -125,7 +125,7 @@ def _range_tests(task: Task, model: Any, x: np.ndarray, y: np.ndarray,
 
 
 def _grid_and_rates(task: Task, model: Any, data: tuple, grid_size: int,
-                    extra: Sequence[float]) -> tuple[lr_finder.GridSearchResult, dict]:
+                    extra: Sequence[float]) -> tuple[train.GridSearchResult, dict]:
     """Grid search a quarter-decade apart from ``10**grid_lo`` (``grid_size`` rates), plus
     the ``extra`` rates trained the same way in the same sweep (one compiled program); the
     grid is extended by 4 rates (at most 3 times) while its best sits at an end. Returns the
@@ -134,7 +134,7 @@ def _grid_and_rates(task: Task, model: Any, data: tuple, grid_size: int,
     extra = [float(r) for r in extra]
     factory = OPTIMIZERS[task.opt]
     kw = dict(epochs=task.epochs, batch_size=task.batch_size, seed=0, strategy="vmap")
-    final, test_error = lr_finder.train_at_rates(model, factory, data, grid_rates + extra, **kw)
+    final, test_error = train.train_at_rates(model, factory, data, grid_rates + extra, **kw)
     g = len(grid_rates)
     rates, g_final, g_err = np.asarray(grid_rates), final[:g], test_error[:g]
     at_extra = dict(zip(extra, final[g:]))
@@ -144,13 +144,13 @@ def _grid_and_rates(task: Task, model: Any, data: tuple, grid_size: int,
             break
         lo, hi = np.log10(rates[0]), np.log10(rates[-1])
         more = lo - 0.25 * np.arange(4, 0, -1) if best == 0 else hi + 0.25 * np.arange(1, 5)
-        f2, e2 = lr_finder.train_at_rates(model, factory, data, 10.0**more, **kw)
+        f2, e2 = train.train_at_rates(model, factory, data, 10.0**more, **kw)
         rates = np.concatenate([rates, 10.0**more])
         idx = np.argsort(rates)
         rates, g_final = rates[idx], np.concatenate([g_final, f2])[idx]
         g_err = np.concatenate([g_err, e2])[idx]
     b = int(np.argmin(g_final))
-    grid = lr_finder.GridSearchResult(rates, g_final, g_err, float(rates[b]), float(g_final[b]),
+    grid = train.GridSearchResult(rates, g_final, g_err, float(rates[b]), float(g_final[b]),
                                       task.epochs, task.batch_size, 0, model, factory, data,
                                       "vmap")
     return grid, at_extra
@@ -330,7 +330,7 @@ def claim7(settings: dict[str, Any] | None = None) -> dict[str, Any]:
     picks = {"lecture": res.suggestions["lecture"], "lecopt": res.suggestions["lecopt"]}
     grid_rates = [float(r) for r in cfg["grid"]]
     extra = [r for r in picks.values() if math.isfinite(r)]
-    final, _ = lr_finder.train_at_rates(model, OPTIMIZERS["momentum"], (x, y, xt, yt),
+    final, _ = train.train_at_rates(model, OPTIMIZERS["momentum"], (x, y, xt, yt),
                                         grid_rates + extra, epochs=task.epochs,
                                         batch_size=task.batch_size, seed=0)
     g = final[: len(grid_rates)]

@@ -132,7 +132,7 @@ class Figure:
 
         The title is the figure's suptitle, else the first axes' title.
         """
-        import matplotlib.pyplot as plt  # noqa: PLC0415 - only drawing needs matplotlib
+        import matplotlib.pyplot as plt
 
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
@@ -186,7 +186,7 @@ class Context:
     def data(self):
         """The data set, loaded once per run."""
         if self._data is None:
-            from lecopt import data  # noqa: PLC0415 - only experiments that train need it
+            from lecopt import data
 
             self._data = data.load(self.data_name, data_dir=self.data_dir)
         return self._data
@@ -197,7 +197,7 @@ class Context:
 
     def progress_bar(self, iterable: Iterable, desc: str, total: int | None = None) -> Iterator:
         """A tqdm bar over ``iterable`` (silent when progress is off)."""
-        from tqdm.auto import tqdm  # noqa: PLC0415
+        from tqdm.auto import tqdm
 
         return iter(tqdm(iterable, desc=desc, total=total, leave=False,
                          disable=not self.progress or bool(os.environ.get("LECOPT_NO_PROGRESS"))))

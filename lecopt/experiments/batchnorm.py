@@ -197,14 +197,14 @@ class Runs:
 
 
 def _optimizer():
-    from lecopt import optimizers  # noqa: PLC0415
+    from lecopt import optimizers
 
     return optimizers.sgd(LEARNING_RATE, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
 
 
 def train_with_and_without_batchnorm(ctx: Context) -> Runs:
     """The lecture's benchmark: both models, every seed, through :func:`lecopt.train.sweep`."""
-    from lecopt import nn, train  # noqa: PLC0415
+    from lecopt import nn, train
 
     cfg = SETTINGS["quick" if ctx.quick else "full"]
     seeds = ctx.seeds(cfg["seeds"])
@@ -227,7 +227,7 @@ def train_with_and_without_batchnorm(ctx: Context) -> Runs:
 def _measure(model: Any, params: Any, batch_stats: Any, x: jax.Array, y: jax.Array,
              etas: jax.Array):
     """(loss, ||g||, losses along -g, gradient changes) on the fixed batch (x, y)."""
-    from lecopt import train  # noqa: PLC0415
+    from lecopt import train
 
     def loss_fn(p):
         return train.loss_function(model)(p, batch_stats, (x, y))[0]
@@ -246,7 +246,7 @@ def smoothness_run(model: Any, ds: Any, seed: int, epochs: int, every: int, etas
     over ``etas`` (one row per checkpoint), their variation and predictiveness, and the
     per-step training loss of the run.
     """
-    from lecopt import train  # noqa: PLC0415
+    from lecopt import train
 
     total = epochs * (len(ds.x_train) // BATCH_SIZE)
     steps = list(range(0, total + 1, every))
@@ -372,7 +372,7 @@ def smoothness(runs: Runs) -> Measured:
 
 def population_statistics(runs: Runs) -> Measured:
     """Claim 17: test error with the running averages against whole-training-set statistics."""
-    from lecopt import nn, train  # noqa: PLC0415
+    from lecopt import nn, train
 
     model, ds = runs.models[True], runs.data
     err_ra, err_pop = [], []
@@ -406,8 +406,8 @@ _LABELS = {False: "without BatchNorm", True: "with BatchNorm"}
 
 def plot_learning_curves(runs: Runs) -> Figure:
     """Training and test loss and error per epoch, with and without BatchNorm."""
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     hist = {bn: runs.histories(bn) for bn in (False, True)}
     features, n_seeds = runs.settings["features"], len(runs.seeds)
@@ -443,7 +443,7 @@ def plot_learning_curves(runs: Runs) -> Figure:
 
 def plot_smoothness(data: dict[str, Any]) -> Figure:
     """The ranges over eta of the loss and of the gradient change at every checkpoint."""
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     sm, etas, seed = data["runs"], data["etas"], data["seed"]
     fig, (ax_l, ax_g) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")

@@ -8,7 +8,7 @@ The lecture ("Learning Rates") makes four checkable statements:
    runs on the lecture's MLP (784-512-512-10, SGD with momentum 0.9); the lecture's rule read
    literally (:func:`lecopt.lr_finder.lecture_rule`, the steepest decline) and lecopt's rule
    (:func:`lecopt.lr_finder.lecopt_rule`) are each judged by a grid search of constant rates
-   (:func:`lecopt.lr_finder.grid_search`, :func:`lecopt.lr_finder.validate`): the loss their
+   (:func:`lecopt.train.grid_search`, :func:`lecopt.train.validate_suggestions`): the loss their
    exact rate trains to over the grid-best loss (the regret). One claim, two verdicts: the
    claim's (the lecture's rule) and, in its evidence and numbers, lecopt's rule's.
 8. Linear decay to a floor, ``alpha_t = (1 - t/tau) alpha_0 + (t/tau) alpha_tau`` for
@@ -286,10 +286,10 @@ def range_test_runs(ctx: Context) -> dict[str, Any]:
     """Claim 7's measurements, shared by both verdicts: per seed the range test (from the
     state ``train.fit(seed=seed)`` starts from, its loss, its minibatches of epoch 0), the
     grid search, and the exact-rate training of each judged rule."""
-    import jax.numpy as jnp  # noqa: PLC0415
+    import jax.numpy as jnp
 
-    from lecopt import lr_finder, optimizers, train  # noqa: PLC0415
-    from lecopt import nn as lnn  # noqa: PLC0415
+    from lecopt import lr_finder, optimizers, train
+    from lecopt import nn as lnn
 
     settings = SETTINGS["quick" if ctx.quick else "full"]
     ds = ctx.data()
@@ -312,9 +312,9 @@ def range_test_runs(ctx: Context) -> dict[str, Any]:
             smoothing=SMOOTHING, diverge_factor=DIVERGE_FACTOR, model_state=start.batch_stats)
         ph = phases(np.asarray(res.learning_rates, np.float64),
                     np.asarray(res.smoothed_losses, np.float64))
-        grid = lr_finder.grid_search(model, make_opt, (x, y), rates=rates, epochs=epochs,
+        grid = train.grid_search(model, make_opt, (x, y), rates=rates, epochs=epochs,
                                      batch_size=BATCH_SIZE, seed=seed)
-        judged = {row["rule"]: row for row in lr_finder.validate(res, grid, RULES_JUDGED)}
+        judged = {row["rule"]: row for row in train.validate_suggestions(res, grid, RULES_JUDGED)}
         three = bool(ph["plateau"] and ph["decline"] and ph["blowup"])
         per_seed.append({
             "seed": seed, "phases": ph, "three_phases": three,
@@ -410,7 +410,7 @@ def range_test(runs: dict[str, Any]) -> Measured:
 def plot_range_test(runs: dict[str, Any]) -> Figure:
     """lr_finder's two panels for the first seed: the sweep with the judged rules marked, and
     the grid search's final loss against the rate with the suggestions on it."""
-    from lecopt import lr_finder  # noqa: PLC0415
+    from lecopt import lr_finder
 
     fig = lr_finder.plot(runs["results"][0], runs["grids"][0], rules=RULES_JUDGED)
     p = runs["per_seed"][0]
@@ -440,7 +440,7 @@ def _coefficients(t: int, tau: int) -> str:
 
 def linear_decay_table() -> Measured:
     """Claim 8: linear_decay at t = 0..6 against the lecture's closed form, bit for bit."""
-    from lecopt import schedules  # noqa: PLC0415
+    from lecopt import schedules
 
     a0, at, tau = DECAY_A0, DECAY_ATAU, DECAY_TAU
     ts = list(range(DECAY_STEPS))
@@ -476,9 +476,9 @@ def linear_decay_table() -> Measured:
 
 def plot_linear_decay(data: dict[str, Any]) -> Figure:
     """The schedule on a fine grid with the lecture's table beside it."""
-    import jax  # noqa: PLC0415
-    import jax.numpy as jnp  # noqa: PLC0415
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import jax
+    import jax.numpy as jnp
+    import matplotlib.pyplot as plt
 
     a0, at, tau = DECAY_A0, DECAY_ATAU, DECAY_TAU
     f, ts, ref, got64, equal64 = (data[k] for k in ("schedule", "t", "closed_form", "float64",
@@ -530,8 +530,8 @@ def _eval(schedule, steps: np.ndarray, x64: bool) -> np.ndarray:
     The schedule is a pytree of its hyperparameters, so it is an argument of the jitted
     function: every schedule of one kind and every step array of one shape share a program.
     """
-    import jax  # noqa: PLC0415
-    import jax.numpy as jnp  # noqa: PLC0415
+    import jax
+    import jax.numpy as jnp
 
     if not _EVALUATE:
         _EVALUATE.append(jax.jit(lambda sched, t: jax.vmap(sched)(t)))
@@ -556,7 +556,7 @@ def schedule_values() -> dict[str, Any]:
     ``triangular`` and ``triangular2`` over ``CLR_CYCLES`` cycles and ``sgdr`` up to restart
     ``SGDR_RESTARTS`` (steps 0, 1, ...).
     """
-    from lecopt import schedules  # noqa: PLC0415
+    from lecopt import schedules
 
     made = {"triangular": schedules.triangular(CLR_BASE, CLR_MAX, CLR_STEP_SIZE),
             "triangular2": schedules.triangular2(CLR_BASE, CLR_MAX, CLR_STEP_SIZE),
@@ -694,7 +694,7 @@ def sgdr_restarts(curves: dict[str, Any]) -> Measured:
 
 def plot_schedules(curves: dict[str, Any]) -> Figure:
     """triangular, triangular2 and the first 630 steps of SGDR, with their extrema."""
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     values = curves["values"]
     s, period = CLR_STEP_SIZE, 2 * CLR_STEP_SIZE
@@ -738,7 +738,7 @@ def plot_schedules(curves: dict[str, Any]) -> Figure:
 
 def plot_sgdr(data: dict[str, Any]) -> Figure:
     """SGDR's measured restarts on a symlog axis, and the steps around a far restart."""
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.3))
     v = data["float64"]
@@ -796,7 +796,7 @@ def _settings(ctx: Context) -> dict[str, Any]:
         f"sgd momentum {MOMENTUM}", "batch_size": BATCH_SIZE,
         "range": f"{RANGE_MIN_LR:g}..{RANGE_MAX_LR:g} in {RANGE_STEPS} steps (exponential)",
         "smoothing": SMOOTHING, "diverge_factor": DIVERGE_FACTOR,
-        "train_epochs": settings["epochs"], "trainer": "lecopt.lr_finder.grid_search",
+        "train_epochs": settings["epochs"], "trainer": "lecopt.train.grid_search",
         "grid": f"{len(grid_rates(settings))} rates 10^{settings['grid_lo']:g}.."
                 f"10^{settings['grid_hi']:g}, {settings['grid_step']:g} decade apart",
         "compared": "final loss on the whole training set", "seeds": settings["seeds"],

@@ -190,7 +190,7 @@ class Runs:
 
 def train_momenta(ctx: Context) -> Runs:
     """SGD at every momentum in MOMENTA on every seed, through one :func:`lecopt.train.sweep`."""
-    from lecopt import nn, optimizers, train  # noqa: PLC0415
+    from lecopt import nn, optimizers, train
 
     cfg = SETTINGS["quick" if ctx.quick else "full"]
     seeds = ctx.seeds(cfg["seeds"])
@@ -287,8 +287,8 @@ def fluctuation_at_large_momentum(runs: Runs) -> Measured:
 
 def plot_error_curves(runs: Runs) -> Figure:
     """Training and test error per epoch for every momentum (mean over seeds, min-max band)."""
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs, features, seeds = (runs.settings[k] for k in ("epochs", "features", "seeds"))
     colors = {0.0: "black", 0.5: "tab:blue", 0.9: "tab:red", 0.99: "tab:orange"}

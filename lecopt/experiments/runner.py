@@ -70,7 +70,7 @@ class _Missing:
 def _import(name: str):
     try:
         return importlib.import_module(name)
-    except Exception:  # noqa: BLE001 - reported as a crashed experiment
+    except Exception:  # reported as a crashed experiment
         return _Missing(name, traceback.format_exc())
 
 
@@ -103,7 +103,7 @@ def select(only: Sequence[str] | None) -> list[Any]:
 
 def run_all(ctx: Context, modules: Sequence[Any]) -> list[Outcome]:
     """Runs ``modules`` in order, printing each claim's verdict; a crash does not stop the rest."""
-    from tqdm.auto import tqdm  # noqa: PLC0415
+    from tqdm.auto import tqdm
 
     outcomes = []
     bar = tqdm(modules, desc="experiments", disable=not ctx.progress)
@@ -112,7 +112,7 @@ def run_all(ctx: Context, modules: Sequence[Any]) -> list[Outcome]:
         t0 = time.perf_counter()
         try:
             res, err = m.run(ctx), None
-        except Exception:  # noqa: BLE001 - one crash must not hide the other experiments
+        except Exception:  # one crash must not hide the other experiments
             res, err = None, traceback.format_exc()
         outcomes.append(Outcome(m, res, err, time.perf_counter() - t0))
         if res is not None:
@@ -124,9 +124,9 @@ def run_all(ctx: Context, modules: Sequence[Any]) -> list[Outcome]:
 
 
 def _versions() -> dict[str, str]:
-    import jax  # noqa: PLC0415
+    import jax
 
-    import lecopt  # noqa: PLC0415
+    import lecopt
 
     out = {"lecopt": lecopt.__version__, "jax": jax.__version__,
            "python": platform.python_version(), "device": str(jax.devices()[0]),
@@ -134,7 +134,7 @@ def _versions() -> dict[str, str]:
     for name in ("optax", "flax", "numpy", "matplotlib"):
         try:
             out[name] = importlib.import_module(name).__version__
-        except Exception:  # noqa: BLE001 - a version we cannot read is left out
+        except Exception:  # a version we cannot read is left out
             pass
     return out
 

@@ -74,6 +74,12 @@ Files: :mod:`~lecopt.train.records` (state, history, errors, JSON),
 
 from lecopt.train.evaluation import evaluate
 from lecopt.train.fitting import fit, init_state
+from lecopt.train.grid_search import (
+    GridSearchResult,
+    grid_search,
+    train_at_rates,
+    validate_suggestions,
+)
 from lecopt.train.plotting import plot_history
 from lecopt.train.programs import batch_order, loss_function
 from lecopt.train.records import (
@@ -99,6 +105,10 @@ __all__ = [
     "loss_function",
     "evaluate",
     "sweep",
+    "grid_search",
+    "train_at_rates",
+    "validate_suggestions",
+    "GridSearchResult",
     "batch_order",
     "choose_strategy",
     "flops_per_step",
