@@ -15,13 +15,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 
 from lecopt import nnx as lnnx
-from lecopt.timing import interleaved
+from lecopt.bench.timing import interleaved
 
 __all__ = ["run"]
 
+FIT_WIDTHS, FIT_BATCH = (512, 512), 128
 BN_SHAPES = [(256, 1024), (64, 16, 16, 64)]
 CONTESTANTS = {"lecopt.nnx.BatchNorm": lnnx.BatchNorm,
                "flax.nnx.BatchNorm (default, fast variance)": nnx.BatchNorm}
@@ -62,8 +64,76 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     return rows
 
 
+def _fit_contestants() -> tuple[dict[str, Callable[[], Any]], float]:
+    """The two epochs as zero-argument callables, and the FLOPs of one epoch."""
+    from lecopt import data, optimizers, train
+    from lecopt.train import programs
+
+    ds = data.load("mnist-5k")
+    x = jax.device_put(jnp.asarray(ds.x_train).reshape(len(ds.x_train), -1))
+    y = jax.device_put(jnp.asarray(ds.y_train, jnp.int32))
+    n, steps = int(x.shape[0]), int(x.shape[0]) // FIT_BATCH
+
+    def mlp():
+        return lnnx.MLP(784, FIT_WIDTHS, 10, batch_norm=True, rngs=nnx.Rngs(0))
+
+    def opt():
+        return optimizers.sgd(0.05, momentum=0.9)
+
+    model_fit = mlp()
+
+    def fit_epoch():
+        trained, history = train.fit(model_fit, opt(), (x, y), epochs=1,
+                                     batch_size=FIT_BATCH, progress=False)
+        jax.block_until_ready(nnx.state(trained))
+        return history
+
+    model_loop = mlp()
+    optimizer = nnx.Optimizer(model_loop, opt(), wrt=nnx.Param)
+    _, data_key = programs.seed_keys(0)
+    order = programs.epoch_order(data_key, 0, n, steps, FIT_BATCH)
+
+    @nnx.jit
+    def step(model, optimizer, idx):
+        xb, yb = jnp.take(x, idx, axis=0), jnp.take(y, idx, axis=0)
+
+        def loss_fn(m):
+            logits = m(xb)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return loss
+
+    model_loop.train()
+
+    def loop_epoch():
+        losses = [step(model_loop, optimizer, order[i]) for i in range(steps)]
+        return jax.block_until_ready(losses)
+
+    flops = steps * train.flops_per_step(mlp(), x[:1], FIT_BATCH)
+    return {"lecopt.train.fit epoch (NNX MLP)": fit_epoch,
+            "nnx.jit step in a Python loop": loop_epoch}, flops
+
+
+def run_fit(quick: bool = False) -> list[dict[str, Any]]:
+    """Times one fit epoch against one nnx.jit-loop epoch; rows with times, FLOP/s, ratio."""
+    rounds, repeats = (3, 1) if quick else (7, 3)
+    contestants, flops = _fit_contestants()
+    res = interleaved(contestants, rounds=rounds, repeats=repeats)
+    rows = [{"name": f"NNX MLP 784-512-512-10 BN epoch: {name}", "median_s": r["median"],
+             "min_s": r["min"], "gflop_per_s": flops / r["median"] / 1e9}
+            for name, r in res.items()]
+    fit_s, loop_s = (res[n]["median"] for n in contestants)
+    rows.append({"name": "NNX fit epoch / nnx.jit loop epoch", "ratio": fit_s / loop_s,
+                 "target": "<= 0.85", "device": str(jax.devices()[0]),
+                 "rounds": rounds, "repeats": repeats})
+    return rows
+
+
 if __name__ == "__main__":
     import sys
 
-    for row in run(quick="--quick" in sys.argv):
+    quick = "--quick" in sys.argv
+    for row in (run_fit(quick) if "--fit" in sys.argv else run(quick)):
         print(row)

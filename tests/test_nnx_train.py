@@ -183,3 +183,16 @@ def test_rejects_other_variable_types():
     with pytest.raises(ValueError, match="nnx.Param and nnx.BatchStat"):
         train.fit(WithDropout(), optimizers.sgd(0.1), (x, jnp.zeros(8, jnp.int32)), epochs=1,
                   batch_size=4, progress=False)
+
+
+def test_mesh_and_nonfinite(small):
+    opt = optimizers.sgd(0.05, momentum=0.9)
+    _, h = train.fit(nnx_model(), opt, small, epochs=1, progress=False)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    on_mesh, h_mesh = train.fit(nnx_model(), opt, small, epochs=1, progress=False, mesh=mesh)
+    history_close(h_mesh, h)
+    assert isinstance(on_mesh, lnnx.MLP)
+    with pytest.raises(train.NonFiniteError) as e:
+        train.fit(nnx_model(), optimizers.sgd(1e30), small, epochs=1, progress=False)
+    assert e.value.history.stopped is not None
+    assert np.isfinite(np.asarray(e.value.state.params["head"]["kernel"])).all()
