@@ -196,3 +196,10 @@ def test_mesh_and_nonfinite(small):
         train.fit(nnx_model(), optimizers.sgd(1e30), small, epochs=1, progress=False)
     assert e.value.history.stopped is not None
     assert np.isfinite(np.asarray(e.value.state.params["head"]["kernel"])).all()
+
+
+def test_checkpoint_of_other_starting_weights_is_refused(small, tmp_path):
+    opt = optimizers.sgd(0.05)
+    train.fit(nnx_model(0), opt, small, epochs=1, progress=False, checkpoint_dir=tmp_path)
+    with pytest.raises(train.CheckpointMismatchError):
+        train.fit(nnx_model(1), opt, small, epochs=2, progress=False, checkpoint_dir=tmp_path)

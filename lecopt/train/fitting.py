@@ -248,8 +248,12 @@ class _Run:
 
     def fingerprint(self, init_key: jax.Array, structure: partition.Structure, seed: int
                     ) -> dict[str, Any]:
-        return fingerprint(self.setup.model, self.template(init_key), structure,
-                           self.hyperparameters, self.setup.batch_size, seed, self.setup.x)
+        fields = fingerprint(self.setup.model, self.template(init_key), structure,
+                             self.hyperparameters, self.setup.batch_size, seed, self.setup.x)
+        if self.setup.initial is not None:  # an nnx.Module: its weights, not seed, start it
+            fields["initial_variables"] = distributed.content_digest(
+                *jax.tree.leaves(self.setup.initial)).hex()
+        return fields
 
     def open_checkpoints(self, directory: Any, max_to_keep: int, init_key: jax.Array,
                          structure: partition.Structure, seed: int, epochs: int
