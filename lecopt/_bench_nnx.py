@@ -31,7 +31,7 @@ from flax import nnx
 from lecopt import nnx as lnnx
 from lecopt.bench.timing import interleaved
 
-__all__ = ["run"]
+__all__ = ["run", "run_batch_norm", "run_fit", "fit_contestants"]
 
 FIT_WIDTHS, FIT_BATCH = (512, 512), 128
 BN_SHAPES = [(256, 1024), (64, 16, 16, 64)]
@@ -79,8 +79,10 @@ def run_batch_norm(quick: bool = False) -> list[dict[str, Any]]:
     return rows
 
 
-def _fit_contestants() -> tuple[dict[str, Callable[[], Any]], float]:
-    """The two epochs as zero-argument callables, and the FLOPs of one epoch."""
+def fit_contestants(widths: tuple[int, ...] = FIT_WIDTHS
+                    ) -> tuple[dict[str, Callable[[], Any]], float]:
+    """The two epochs as zero-argument callables (each returns its step losses), and the
+    FLOPs of one epoch."""
     from lecopt import data, optimizers, train
     from lecopt.train import programs
 
@@ -90,7 +92,7 @@ def _fit_contestants() -> tuple[dict[str, Callable[[], Any]], float]:
     n, steps = int(x.shape[0]), int(x.shape[0]) // FIT_BATCH
 
     def mlp():
-        return lnnx.MLP(784, FIT_WIDTHS, 10, batch_norm=True, rngs=nnx.Rngs(0))
+        return lnnx.MLP(784, widths, 10, batch_norm=True, rngs=nnx.Rngs(0))
 
     def opt():
         return optimizers.sgd(0.05, momentum=0.9)
@@ -101,7 +103,7 @@ def _fit_contestants() -> tuple[dict[str, Callable[[], Any]], float]:
         trained, history = train.fit(model_fit, opt(), (x, y), epochs=1,
                                      batch_size=FIT_BATCH, progress=False)
         jax.block_until_ready(nnx.state(trained))
-        return history
+        return history.step_loss
 
     model_loop = mlp()
     optimizer = nnx.Optimizer(model_loop, opt(), wrt=nnx.Param)
@@ -134,7 +136,7 @@ def _fit_contestants() -> tuple[dict[str, Callable[[], Any]], float]:
 def run_fit(quick: bool = False) -> list[dict[str, Any]]:
     """Times one fit epoch against one nnx.jit-loop epoch; rows with times, FLOP/s, ratio."""
     rounds, repeats = (3, 1) if quick else (7, 3)
-    contestants, flops = _fit_contestants()
+    contestants, flops = fit_contestants()
     res = interleaved(contestants, rounds=rounds, repeats=repeats)
     rows = [{"name": f"NNX MLP 784-512-512-10 BN epoch: {name}", "median_s": r["median"],
              "min_s": r["min"], "gflop_per_s": flops / r["median"] / 1e9}

@@ -203,3 +203,14 @@ def test_checkpoint_of_other_starting_weights_is_refused(small, tmp_path):
     train.fit(nnx_model(0), opt, small, epochs=1, progress=False, checkpoint_dir=tmp_path)
     with pytest.raises(train.CheckpointMismatchError):
         train.fit(nnx_model(1), opt, small, epochs=2, progress=False, checkpoint_dir=tmp_path)
+
+
+def test_bench_contestants_do_the_same_work():
+    """The bench's fit epoch and its nnx.jit loop take the same steps: the same losses."""
+    from lecopt import _bench_nnx
+
+    contestants, flops = _bench_nnx.fit_contestants(widths=(32,))
+    fit_losses, loop_losses = (f() for f in contestants.values())
+    assert len(fit_losses) == len(loop_losses) == 4000 // 128
+    np.testing.assert_allclose(fit_losses, np.asarray(loop_losses), rtol=1e-5)
+    assert flops == 31 * 6 * 128 * (784 * 32 + 32 * 10 + 32 + 10 + 2 * 32)
