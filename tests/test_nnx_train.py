@@ -214,3 +214,17 @@ def test_bench_contestants_do_the_same_work():
     assert len(fit_losses) == len(loop_losses) == 4000 // 128
     np.testing.assert_allclose(fit_losses, np.asarray(loop_losses), rtol=1e-5)
     assert flops == 31 * 6 * 128 * (784 * 32 + 32 * 10 + 32 + 10 + 2 * 32)
+
+
+def test_init_state_and_loss_function_start_from_the_module(small):
+    model = nnx_model(3)
+    state = train.init_state(model, optimizers.sgd(0.1, momentum=0.9), small["x_train"])
+    jax.tree.map(np.testing.assert_array_equal, state.params,
+                 nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    v = linen_variables(model)
+    batch = (small["x_train"][:64], small["y_train"][:64])
+    loss, stats = jax.jit(train.loss_function(model))(state.params, state.batch_stats, batch)
+    ref, ref_stats = train.loss_function(LINEN)(v["params"], v["batch_stats"], batch)
+    np.testing.assert_allclose(loss, ref, rtol=1e-6)
+    np.testing.assert_allclose(stats["norms"][0]["var"], ref_stats["BatchNorm_0"]["var"],
+                               rtol=1e-6)
