@@ -74,7 +74,8 @@ How it is built, and why:
 
 Files: :mod:`~lecopt.train.records` (state, history, errors, JSON),
 :mod:`~lecopt.train.inputs` (checking the model and the data),
-:mod:`~lecopt.train.nnx_models` (an ``nnx.Module`` as a static graph and traced variables), :mod:`~lecopt.train.programs`
+:mod:`~lecopt.train.nnx_models` (an ``nnx.Module`` as a static graph and traced variables),
+:mod:`~lecopt.train.programs`
 (every compiled program, looked up by typed keys), :mod:`~lecopt.train.checkpoints` (orbax),
 :mod:`~lecopt.train.fitting`, :mod:`~lecopt.train.sweeping`, :mod:`~lecopt.train.evaluation`,
 :mod:`~lecopt.train.plotting`.
