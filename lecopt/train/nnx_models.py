@@ -94,6 +94,16 @@ def as_model(model: Any) -> tuple[Any, dict[str, Any] | None]:
 
     Raises ValueError for a module with variables other than ``nnx.Param`` and
     ``nnx.BatchStat`` (e.g. the ``RngState`` of ``nnx.Dropout``): ``fit`` trains those two.
+
+    Example:
+      >>> import lecopt.nnx
+      >>> def mlp(seed):
+      ...     return lecopt.nnx.MLP(4, (3,), 2, batch_norm=True, rngs=nnx.Rngs(seed))
+      >>> model, variables = as_model(mlp(0))
+      >>> sorted(variables), sorted(variables["params"]), variables["params"]["head"]["bias"]
+      (['batch_stats', 'params'], ['head', 'hidden', 'norms'], Array([0., 0.], dtype=float32))
+      >>> model == as_model(mlp(1))[0]  # other weights, one structure: the same programs
+      True
     """
     if not is_nnx(model):
         return model, None
