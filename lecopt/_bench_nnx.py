@@ -5,6 +5,16 @@ with respect to the input and the Params, running averages updated) at a dense (
 an NHWC (64, 16, 16, 64) input, against ``nnx.BatchNorm``'s default (fast variance,
 ``E[z^2] - E[z]^2``). Both sides run the same NNX program; only the layer class differs. The
 headline ratio is the geometric mean of lecopt's time over Flax's on the two shapes.
+
+Second section (:func:`run_fit`, ``python -m lecopt._bench_nnx --fit``): one
+``lecopt.train.fit`` epoch of an NNX MLP (784-512-512-10 with :class:`lecopt.nnx.BatchNorm`,
+batch 128, mnist-5k's 4000 training examples: 31 steps, no test set) against the same epoch
+written as NNX's tutorials do: an ``nnx.jit`` training step (``nnx.Optimizer(model,
+lecopt.sgd(...), wrt=nnx.Param)``, ``nnx.value_and_grad``) called in a Python loop. Same work
+on both sides: each step gathers its minibatch from the device-resident data by the epoch's
+shuffled indices and takes one SGD-with-momentum step; fit's epoch also checks finiteness and
+records each step's loss and error (the loop returns its losses), and neither side evaluates a
+test set. FLOP/s from ``6 * batch * parameters`` per step (:func:`lecopt.train.flops_per_step`).
 """
 
 from __future__ import annotations
@@ -15,13 +25,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 
 from lecopt import nnx as lnnx
 from lecopt.bench.timing import interleaved
 
-__all__ = ["run"]
+__all__ = ["run", "run_batch_norm", "run_fit", "fit_contestants"]
 
+FIT_WIDTHS, FIT_BATCH = (512, 512), 128
 BN_SHAPES = [(256, 1024), (64, 16, 16, 64)]
 CONTESTANTS = {"lecopt.nnx.BatchNorm": lnnx.BatchNorm,
                "flax.nnx.BatchNorm (default, fast variance)": nnx.BatchNorm}
@@ -42,6 +54,11 @@ def _fwd_bwd(cls: type, shape: tuple[int, ...]) -> Callable[[], Any]:
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
+    """Both sections: :func:`run_batch_norm`, then :func:`run_fit`."""
+    return run_batch_norm(quick) + run_fit(quick)
+
+
+def run_batch_norm(quick: bool = False) -> list[dict[str, Any]]:
     """Times the contestants; returns one row per (shape, contestant) and one ratio row."""
     rounds, repeats = (5, 1) if quick else (15, 3)
     rows: list[dict[str, Any]] = []
@@ -62,8 +79,78 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     return rows
 
 
+def fit_contestants(widths: tuple[int, ...] = FIT_WIDTHS
+                    ) -> tuple[dict[str, Callable[[], Any]], float]:
+    """The two epochs as zero-argument callables (each returns its step losses), and the
+    FLOPs of one epoch."""
+    from lecopt import data, optimizers, train
+    from lecopt.train import programs
+
+    ds = data.load("mnist-5k")
+    x = jax.device_put(jnp.asarray(ds.x_train).reshape(len(ds.x_train), -1))
+    y = jax.device_put(jnp.asarray(ds.y_train, jnp.int32))
+    n, steps = int(x.shape[0]), int(x.shape[0]) // FIT_BATCH
+
+    def mlp():
+        return lnnx.MLP(784, widths, 10, batch_norm=True, rngs=nnx.Rngs(0))
+
+    def opt():
+        return optimizers.sgd(0.05, momentum=0.9)
+
+    model_fit = mlp()
+
+    def fit_epoch():
+        trained, history = train.fit(model_fit, opt(), (x, y), epochs=1,
+                                     batch_size=FIT_BATCH, progress=False)
+        jax.block_until_ready(nnx.state(trained))
+        return history.step_loss
+
+    model_loop = mlp()
+    optimizer = nnx.Optimizer(model_loop, opt(), wrt=nnx.Param)
+    _, data_key = programs.seed_keys(0)
+    order = programs.epoch_order(data_key, 0, n, steps, FIT_BATCH)
+
+    @nnx.jit
+    def step(model, optimizer, idx):
+        xb, yb = jnp.take(x, idx, axis=0), jnp.take(y, idx, axis=0)
+
+        def loss_fn(m):
+            logits = m(xb)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return loss
+
+    model_loop.train()
+
+    def loop_epoch():
+        losses = [step(model_loop, optimizer, order[i]) for i in range(steps)]
+        return jax.block_until_ready(losses)
+
+    flops = steps * train.flops_per_step(mlp(), x[:1], FIT_BATCH)
+    return {"lecopt.train.fit epoch (NNX MLP)": fit_epoch,
+            "nnx.jit step in a Python loop": loop_epoch}, flops
+
+
+def run_fit(quick: bool = False) -> list[dict[str, Any]]:
+    """Times one fit epoch against one nnx.jit-loop epoch; rows with times, FLOP/s, ratio."""
+    rounds, repeats = (3, 1) if quick else (7, 3)
+    contestants, flops = fit_contestants()
+    res = interleaved(contestants, rounds=rounds, repeats=repeats)
+    rows = [{"name": f"NNX MLP 784-512-512-10 BN epoch: {name}", "median_s": r["median"],
+             "min_s": r["min"], "gflop_per_s": flops / r["median"] / 1e9}
+            for name, r in res.items()]
+    fit_s, loop_s = (res[n]["median"] for n in contestants)
+    rows.append({"name": "NNX fit epoch / nnx.jit loop epoch", "ratio": fit_s / loop_s,
+                 "target": "<= 0.85", "device": str(jax.devices()[0]),
+                 "rounds": rounds, "repeats": repeats})
+    return rows
+
+
 if __name__ == "__main__":
     import sys
 
-    for row in run(quick="--quick" in sys.argv):
+    quick = "--quick" in sys.argv
+    for row in (run_fit(quick) if "--fit" in sys.argv else run(quick)):  # --fit: section 2
         print(row)

@@ -281,3 +281,39 @@ def test_fast_variance_error_table_flax_default_against_lecopt():
         assert ours < 1e-5, (offset, ours)
     assert table[1e4][0] > 1.0  # Flax's E[z^2] - E[z]^2 has lost the variance entirely
     assert table[1e3][0] > 1e-2
+
+
+_GROUPS_SCRIPT = r"""
+import jax, jax.numpy as jnp, numpy as np
+from flax import nnx
+from lecopt import nnx as lnnx
+assert len(jax.devices()) == 4
+x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 6, 3)) * 2 + 1e3, jnp.float32)
+layer = lnnx.BatchNorm(3, axis_name="d", axis_index_groups=[[0, 2], [1, 3]], rngs=nnx.Rngs(0))
+graphdef, state = nnx.split(layer)
+
+def call(state, x):
+    m = nnx.merge(graphdef, state)
+    return m(x), nnx.state(m)["var"][...]
+
+y, var = jax.pmap(call, in_axes=(None, 0), axis_name="d")(state, x)
+for group in ([0, 2], [1, 3]):
+    ref = lnnx.BatchNorm(3, rngs=nnx.Rngs(0))
+    y_ref = ref(x[np.array(group)].reshape(12, 3))
+    np.testing.assert_allclose(y[np.array(group)].reshape(12, 3), y_ref, rtol=1e-5, atol=1e-5)
+    for d in group:
+        np.testing.assert_allclose(var[d], ref.var[...], rtol=1e-6)
+print("GROUPS OK")
+"""
+
+
+def test_axis_index_groups_share_statistics_within_each_group():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    proc = subprocess.run([sys.executable, "-c", _GROUPS_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert "GROUPS OK" in proc.stdout, proc.stderr[-3000:]

@@ -1,7 +1,8 @@
 """Training Flax models with lecopt optimizers: ``fit``, ``evaluate``, ``sweep``.
 
 ``fit(model, optimizer, data, epochs=...)`` trains any ``flax.linen`` classifier, with or
-without a ``batch_stats`` collection (BatchNorm), on data held on the device. Each epoch is
+without a ``batch_stats`` collection (BatchNorm), or any ``flax.nnx.Module`` with ``nnx.Param``
+and optionally ``nnx.BatchStat`` variables, on data held on the device. Each epoch is
 shuffled with a JAX key and runs as one compiled loop over its minibatches: no Python loop
 per step, no retracing between epochs or between ``fit`` calls.
 
@@ -28,6 +29,12 @@ How it is built, and why:
   state). ``"skip"`` counts such steps and goes on. ``"stop"`` freezes the state from the
   first such step to the end of the running chunk, and :func:`fit` then raises
   :class:`NonFiniteError` naming the epoch and step, with the last good state attached.
+* **NNX modules.** An ``nnx.Module`` is split (``nnx.split(module, nnx.Param,
+  nnx.BatchStat)``) into its graph, a hashable static key on which the programs are cached (a
+  second module of one structure compiles nothing), and its variables as pure dicts, passed to
+  the programs as traced arguments (never baked in as constants); the program merges them into
+  a fresh module, switched by ``train()``/``eval()``, at every call. ``fit`` returns a new module
+  of the trained variables; the one given is not modified.
 * **Seam.** :func:`init_state` returns the state ``fit`` starts from for a seed,
   :func:`loss_function` the loss it minimises, :func:`batch_order` its minibatches, and
   ``fit(..., callback=, callback_steps=)`` hands out the state at chosen steps: what an
@@ -66,7 +73,9 @@ How it is built, and why:
   the finished checkpoint), with the same atomicity; the progress bar is process 0's only.
 
 Files: :mod:`~lecopt.train.records` (state, history, errors, JSON),
-:mod:`~lecopt.train.inputs` (checking the model and the data), :mod:`~lecopt.train.programs`
+:mod:`~lecopt.train.inputs` (checking the model and the data),
+:mod:`~lecopt.train.nnx_models` (an ``nnx.Module`` as a static graph and traced variables),
+:mod:`~lecopt.train.programs`
 (every compiled program, looked up by typed keys), :mod:`~lecopt.train.checkpoints` (orbax),
 :mod:`~lecopt.train.fitting`, :mod:`~lecopt.train.sweeping`, :mod:`~lecopt.train.evaluation`,
 :mod:`~lecopt.train.plotting`.

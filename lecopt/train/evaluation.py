@@ -9,18 +9,19 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from lecopt._checks import check_int
-from lecopt.train import programs
+from lecopt.train import nnx_models, programs
 from lecopt.train.inputs import check_model, check_xy, gathered_test_set
 from lecopt.train.records import Evaluation
 
 __all__ = ["evaluate"]
 
 
-def evaluate(model: flax.linen.Module, variables: Mapping[str, Any], x: Any, y: Any,
-             batch_size: int = 1024) -> Evaluation:
+def evaluate(model: flax.linen.Module | nnx.Module, variables: Mapping[str, Any] | Any,
+             x: Any, y: Any = None, batch_size: int = 1024) -> Evaluation:
     """Mean softmax cross-entropy and classification error of ``model`` on ``(x, y)``.
 
     In prediction mode (``train=False`` when the module takes it; BatchNorm uses its running
@@ -28,7 +29,11 @@ def evaluate(model: flax.linen.Module, variables: Mapping[str, Any], x: Any, y: 
 
     Args:
       model: the Flax module.
-      variables: ``{"params": ..., ["batch_stats": ...]}`` (e.g. ``state.variables``).
+      variables: ``{"params": ..., ["batch_stats": ...]}`` (e.g. ``state.variables``). For an
+        ``nnx.Module``, which holds its variables: ``evaluate(module, x, y)`` (run under
+        ``module.eval()`` on a copy: the module is not modified), or
+        ``evaluate(module, variables, x, y)`` with pure-dict variables of its structure (a
+        ``SweepRun.state.variables``).
       x: inputs (N, ...).
       y: integer labels (N,).
       batch_size: examples per forward pass.
@@ -51,6 +56,10 @@ def evaluate(model: flax.linen.Module, variables: Mapping[str, Any], x: Any, y: 
       >>> round(loss, 4), round(error, 4)  # all logits 0: loss ln 4, argmax class 0
       (1.3863, 0.6667)
     """
+    if nnx_models.is_nnx(model):
+        model, own = nnx_models.as_model(model)
+        if y is None:
+            variables, x, y = own, variables, x
     check_model(model)
     batch_size = check_int("batch_size", batch_size)
     check_xy("test", x, y)

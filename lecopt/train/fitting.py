@@ -14,11 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 from jax.sharding import Mesh
 
 from lecopt import distributed, partition
 from lecopt._checks import check_int
-from lecopt.train import programs
+from lecopt.train import nnx_models, programs
 from lecopt.train.checkpoints import Checkpointer, Position, fingerprint
 from lecopt.train.inputs import (
     Setup,
@@ -34,7 +35,7 @@ __all__ = ["fit", "init_state", "check_optimizer", "epoch_means", "progress_bar"
 
 
 def fit(
-    model: flax.linen.Module,
+    model: flax.linen.Module | nnx.Module,
     optimizer: optax.GradientTransformation,
     data: Any,
     *,
@@ -50,7 +51,7 @@ def fit(
     eval_batch_size: int = 1024,
     callback: Callable[[int, TrainState], Any] | None = None,
     callback_steps: Iterable[int] = (),
-) -> tuple[TrainState, History]:
+) -> tuple[TrainState | nnx.Module, History]:
     """Trains a Flax classifier by minibatch gradient descent with ``optimizer``.
 
     Minimises the mean softmax cross-entropy of ``model.apply(variables, x, train=True)``
@@ -61,7 +62,12 @@ def fit(
 
     Args:
       model: a ``flax.linen.Module`` mapping inputs (N, ...) to logits (N, classes), with
-        collections ``params`` and optionally ``batch_stats``.
+        collections ``params`` and optionally ``batch_stats``; or a ``flax.nnx.Module`` with
+        ``nnx.Param`` and optionally ``nnx.BatchStat`` variables (e.g. :class:`lecopt.nnx.MLP`):
+        training starts from its weights (``seed`` then sets only the data order), runs it
+        under ``model.train()`` and evaluates it under ``model.eval()``. The module given is
+        not modified; the trained one is returned. Modules of one structure share the
+        compiled programs (their weights are arguments, not constants).
       optimizer: an optax ``GradientTransformation``; a lecopt optimizer (e.g.
         ``lecopt.sgd(0.05, momentum=0.9)``) runs through the compiled program already built
         for any other hyperparameter values of the same structure.
@@ -97,7 +103,11 @@ def fit(
 
     Returns:
       ``(state, history)``: the final :class:`~lecopt.train.TrainState` and the
-      :class:`~lecopt.train.History` (its ``step_loss`` is the per-step training loss).
+      :class:`~lecopt.train.History` (its ``step_loss`` is the per-step training loss). For
+      an ``nnx.Module``: ``(trained_module, history)``, a new module of the same structure
+      (the optimizer state is in the checkpoints and in what ``callback`` receives, a
+      :class:`~lecopt.train.TrainState` whose ``params``/``batch_stats`` are the module's
+      ``nnx.to_pure_dict(...)``).
 
     Raises:
       NonFiniteError: ``on_nonfinite="stop"`` met a non-finite loss or gradient.
@@ -143,7 +153,7 @@ def fit(
     checkpointer = None if checkpoint_dir is None else run.open_checkpoints(
         checkpoint_dir, max_to_keep, init_key, structure, seed, epochs)
     if run.state is None:
-        run.state = compiled.init(init_key, setup.example, hyperparameters)
+        run.state = compiled.init(init_key, setup.example, hyperparameters, *setup.init_args)
     bar = progress_bar(progress and distributed.is_main_process(), epochs, run.epoch, "fit")
     try:
         run.notify(callback, observed)
@@ -165,6 +175,8 @@ def fit(
         bar.close()
         if checkpointer is not None:
             checkpointer.close()
+    if setup.initial is not None:
+        return nnx_models.merge(setup.model, run.state.variables), run.history
     return run.state, run.history
 
 
@@ -192,13 +204,15 @@ def init_state(model: flax.linen.Module, optimizer: optax.GradientTransformation
       >>> int(state.step), state.params["Dense_0"]["kernel"].shape, state.batch_stats
       (0, (4, 8), {})
     """
+    model, initial = nnx_models.as_model(model)
     check_model(model)
     seed = check_int("seed", seed, minimum=0)
     x1 = jnp.asarray(x_example[:1])
     hyperparameters, structure = partition.split(check_optimizer(optimizer))
     key = programs.ProgramKey(programs.ByValue(model), model_calling_convention(model, x1),
                               "stop", None, structure)
-    return programs.train_programs(key).init(programs.seed_keys(seed)[0], x1, hyperparameters)
+    return programs.train_programs(key).init(programs.seed_keys(seed)[0], x1, hyperparameters,
+                                             *(() if initial is None else (initial,)))
 
 
 class _Run:
@@ -230,12 +244,16 @@ class _Run:
     def template(self, init_key: jax.Array) -> TrainState:
         """The state's shapes, without computing it: a resumed run never initialises."""
         return jax.eval_shape(self.compiled.init, init_key, self.setup.example,
-                              self.hyperparameters)
+                              self.hyperparameters, *self.setup.init_args)
 
     def fingerprint(self, init_key: jax.Array, structure: partition.Structure, seed: int
                     ) -> dict[str, Any]:
-        return fingerprint(self.setup.model, self.template(init_key), structure,
-                           self.hyperparameters, self.setup.batch_size, seed, self.setup.x)
+        fields = fingerprint(self.setup.model, self.template(init_key), structure,
+                             self.hyperparameters, self.setup.batch_size, seed, self.setup.x)
+        if self.setup.initial is not None:  # an nnx.Module: its weights, not seed, start it
+            fields["initial_variables"] = distributed.content_digest(
+                *jax.tree.leaves(self.setup.initial)).hex()
+        return fields
 
     def open_checkpoints(self, directory: Any, max_to_keep: int, init_key: jax.Array,
                          structure: partition.Structure, seed: int, epochs: int

@@ -15,7 +15,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lecopt import distributed, partition
 from lecopt._checks import check_int
-from lecopt.train import programs
+from lecopt.train import nnx_models, programs
 
 __all__ = ["NONFINITE_MODES", "COLLECTIONS", "Setup", "prepare", "unpack_data", "check_xy",
            "check_model", "check_mode", "model_calling_convention", "gathered_test_set"]
@@ -25,8 +25,9 @@ COLLECTIONS = ("params", "batch_stats")
 
 
 def check_model(model: Any) -> None:
-    if not isinstance(model, flax.linen.Module):
-        raise TypeError(f"model must be a flax.linen.Module; got {type(model).__name__}")
+    if not isinstance(model, flax.linen.Module | nnx_models.NNXModel):
+        raise TypeError("model must be a flax.linen.Module or a flax.nnx.Module; got "
+                        f"{type(model).__name__}")
 
 
 def check_mode(on_nonfinite: str) -> None:
@@ -108,6 +109,13 @@ class Setup:
     # (epoch_data), and x_test, y_test already are such batches (label -1: padding).
     epoch_sharding: Any = None
     x1: Any = None  # x[:1] on the devices (model.init's example), when x stays on the host
+    # An nnx.Module's variables (model is then its NNXModel): training starts from them.
+    initial: Any = None
+
+    @property
+    def init_args(self) -> tuple:
+        """The arguments after ``hyperparameters`` of ``TrainPrograms.init``."""
+        return () if self.initial is None else (self.initial,)
 
     @property
     def multiprocess(self) -> bool:
@@ -142,7 +150,11 @@ class Setup:
 
 def prepare(model: Any, data: Any, batch_size: int, eval_batch_size: int,
             mesh: Mesh | None) -> Setup:
-    """Checks the model, the data and the sizes; puts the data on the device(s) once."""
+    """Checks the model, the data and the sizes; puts the data on the device(s) once.
+
+    An ``nnx.Module`` becomes its :class:`~lecopt.train.nnx_models.NNXModel` (``Setup.model``)
+    and its variables (``Setup.initial``)."""
+    model, initial = nnx_models.as_model(model)
     check_model(model)
     batch_size = check_int("batch_size", batch_size)
     eval_batch_size = check_int("eval_batch_size", eval_batch_size)
@@ -171,16 +183,21 @@ def prepare(model: Any, data: Any, batch_size: int, eval_batch_size: int,
     if x_test is not None:
         eval_batch_size = min(eval_batch_size, -(-int(x_test.shape[0]) // devices) * devices)
     if mesh is not None and distributed.spans_processes(mesh):
-        return _prepare_across_processes(model, x, y, x_test, y_test, n, batch_size,
-                                         eval_batch_size, mesh)
+        setup = _prepare_across_processes(model, x, y, x_test, y_test, n, batch_size,
+                                          eval_batch_size, mesh)
+        if initial is not None:
+            setup.initial = distributed.replicated(initial, replicated)
+        return setup
     # Each array goes to the device once per call (a no-op for arrays already there).
     put = functools.partial(jax.device_put, device=replicated)
     x, y = put(jnp.asarray(x)), put(jnp.asarray(y, jnp.int32))
     if x_test is not None:
         x_test, y_test = put(jnp.asarray(x_test)), put(jnp.asarray(y_test, jnp.int32))
     takes_train = model_calling_convention(model, x[:1])
+    if initial is not None:
+        initial = put(initial)
     return Setup(model, takes_train, x, y, x_test, y_test, n, n // batch_size, batch_size,
-                 eval_batch_size, batch_sharding, replicated)
+                 eval_batch_size, batch_sharding, replicated, initial=initial)
 
 
 def _prepare_across_processes(model: Any, x: Any, y: Any, x_test: Any, y_test: Any, n: int,

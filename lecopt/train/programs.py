@@ -26,6 +26,7 @@ from jax import lax
 
 from lecopt import hyperparams, partition
 from lecopt._checks import check_int
+from lecopt.train.nnx_models import NNXModel, as_model
 from lecopt.train.records import TrainState
 
 __all__ = ["ByValue", "ProgramKey", "TrainPrograms", "EvalKey", "EvalPrograms",
@@ -62,7 +63,10 @@ class ByValue:
 
 
 def accepts_train(model: Any) -> bool:
-    """Whether the module's ``__call__`` takes a ``train`` argument."""
+    """Whether the module's ``__call__`` takes a ``train`` argument (an NNX model is switched
+    by ``train()``/``eval()`` instead, which its ``apply`` does)."""
+    if isinstance(model, NNXModel):
+        return True
     try:
         return "train" in inspect.signature(model.__call__).parameters
     except (TypeError, ValueError):
@@ -121,8 +125,14 @@ def loss_function(model: Any) -> Callable:
       ...                                      (jnp.zeros((2, 4)), jnp.array([0, 1])))
       >>> round(float(loss), 4)  # zero inputs: logits are the biases, all zero at init
       1.0986
+
+    For an ``nnx.Module`` the loss is over its pure-dict state, ``params =
+    nnx.to_pure_dict(nnx.state(model, nnx.Param))`` and likewise ``batch_stats`` of
+    ``nnx.BatchStat`` (in training mode, ``model.train()``), so the LR range test of an NNX
+    model reads ``lr_range_test(train.loss_function(model), params, batches, optimizer,
+    model_state=batch_stats)``.
     """
-    return _loss_function(ByValue(model))
+    return _loss_function(ByValue(as_model(model)[0]))
 
 
 class ProgramKey(NamedTuple):
@@ -141,7 +151,8 @@ class ProgramKey(NamedTuple):
 class TrainPrograms(NamedTuple):
     """The jitted programs of one :class:`ProgramKey`.
 
-    ``init(init_key, x1, hyperparameters) -> TrainState``;
+    ``init(init_key, x1, hyperparameters[, variables]) -> TrainState`` (from ``variables``,
+    a traced argument, when given: an NNX module's weights; else from ``model.init``);
     ``train_steps(state, hyperparameters, x, y, order, start, stop, bad, losses, errors)
     -> (state, losses, errors, skipped, bad)`` (see :func:`_train_steps`);
     ``learning_rate(hyperparameters, opt_state)``: the rate of the next update (see
@@ -153,6 +164,7 @@ class TrainPrograms(NamedTuple):
     init: Callable
     train_steps: Callable
     init_vmapped: Callable
+    init_vmapped_from_variables: Callable
     train_steps_vmapped_shared_order: Callable
     train_steps_vmapped: Callable
     learning_rate: Callable
@@ -160,8 +172,9 @@ class TrainPrograms(NamedTuple):
 
 
 def _init_state(key: ProgramKey, init_key: jax.Array, x1: jax.Array,
-                hyperparameters: list) -> TrainState:
-    variables = init_variables(key.model.value, key.takes_train, init_key, x1)
+                hyperparameters: list, variables: Any = None) -> TrainState:
+    if variables is None:
+        variables = init_variables(key.model.value, key.takes_train, init_key, x1)
     params = variables["params"]
     optimizer = key.optimizer.rebuild(hyperparameters)
     return TrainState(step=jnp.zeros([], jnp.int32), params=params,
@@ -248,6 +261,7 @@ def train_programs(key: ProgramKey) -> TrainPrograms:
         init=jax.jit(init),
         train_steps=jax.jit(steps),
         init_vmapped=jax.jit(jax.vmap(init, in_axes=(0, None, 0))),
+        init_vmapped_from_variables=jax.jit(jax.vmap(init, in_axes=(0, None, 0, None))),
         train_steps_vmapped_shared_order=jax.jit(jax.vmap(steps, in_axes=shared_order)),
         train_steps_vmapped=jax.jit(jax.vmap(steps, in_axes=own_order)),
         learning_rate=jax.jit(functools.partial(_learning_rate, key)),

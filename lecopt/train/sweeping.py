@@ -22,7 +22,7 @@ import optax
 
 from lecopt import partition
 from lecopt._checks import check_int
-from lecopt.train import programs
+from lecopt.train import nnx_models, programs
 from lecopt.train.fitting import check_optimizer, epoch_means, progress_bar
 from lecopt.train.inputs import Setup, check_mode, prepare
 from lecopt.train.records import History, SweepRun
@@ -85,7 +85,10 @@ def sweep(
     state and its ``history.stopped`` says where; the other runs go on (no exception).
 
     Args:
-      model: the Flax module.
+      model: the Flax module: linen, or an ``nnx.Module`` (every run then starts from its
+        weights, so seeds differ only in the data order; the ``SweepRun.state`` variables are
+        pure dicts: ``lecopt.train.nnx_models.merge(nnx_models.as_model(model)[0],
+        run.state.variables)`` makes a module of them).
       make_optimizer: ``make_optimizer(**setting)`` returns the optimizer of a setting.
       grid: ``{"name": [values], ...}`` (all combinations, in ``itertools.product`` order) or
         a list of setting dicts.
@@ -188,7 +191,7 @@ def _train_in_turn(setup: Setup, compiled: programs.TrainPrograms, members: list
                   for e in range(epochs)]
         for i, hyperparameters in members:
             started = time.perf_counter()
-            state = compiled.init(init_key, setup.x[:1], hyperparameters)
+            state = compiled.init(init_key, setup.x[:1], hyperparameters, *setup.init_args)
             history = History(steps_per_epoch=steps, batch_size=setup.batch_size)
             for epoch in range(epochs):
                 state, losses, errors, skipped, bad_step = compiled.train_steps(
@@ -219,8 +222,12 @@ def _train_vmapped(setup: Setup, compiled: programs.TrainPrograms, members: list
                for k in range(len(members[0][1]))]
     keys = {seed: programs.seed_keys(seed) for seed in seeds}
     started = time.perf_counter()
-    state = compiled.init_vmapped(jnp.stack([keys[seed][0] for _, seed in runs]),
-                                  setup.x[:1], stacked)
+    init_keys = jnp.stack([keys[seed][0] for _, seed in runs])
+    if setup.initial is None:
+        state = compiled.init_vmapped(init_keys, setup.x[:1], stacked)
+    else:  # an nnx.Module: every run starts from its weights
+        state = compiled.init_vmapped_from_variables(init_keys, setup.x[:1], stacked,
+                                                     setup.initial)
     histories = [History(steps_per_epoch=steps, batch_size=setup.batch_size) for _ in runs]
     bad_steps = jnp.full([len(runs)], -1, jnp.int32)
     buffer = jnp.zeros([len(runs), steps], jnp.float32)
@@ -335,6 +342,7 @@ def flops_per_step(model: Any, x_example: Any, batch_size: int) -> float:
       True
     """
     x1 = jnp.asarray(x_example[:1])
+    model = nnx_models.as_model(model)[0]
     return 6.0 * batch_size * _num_params(programs.ByValue(model), tuple(x1.shape[1:]),
                                           x1.dtype)
 
