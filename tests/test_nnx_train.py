@@ -207,7 +207,7 @@ def test_checkpoint_of_other_starting_weights_is_refused(small, tmp_path):
 
 def test_bench_contestants_do_the_same_work():
     """The bench's fit epoch and its nnx.jit loop take the same steps: the same losses."""
-    from lecopt import _bench_nnx
+    from lecopt.bench import nnx as _bench_nnx
 
     contestants, flops = _bench_nnx.fit_contestants(widths=(32,))
     fit_losses, loop_losses = (f() for f in contestants.values())

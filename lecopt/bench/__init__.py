@@ -31,7 +31,7 @@ from typing import Any
 
 import jax
 
-from lecopt.bench import lr, lr_suggest, nn, schedules, train, updates
+from lecopt.bench import lr, lr_suggest, nn, nnx, schedules, train, updates
 from lecopt.bench.updates import BENCH_SHAPES, OPTIMIZER_CASES, compiled_traffic
 
 __all__ = ["SECTIONS", "DEFAULT_SECTIONS", "run", "format_section", "compiled_traffic",
@@ -45,6 +45,7 @@ SECTIONS: dict[str, Callable[..., dict[str, Any]]] = {
     "nn": nn.run,
     "train": train.run,
     "schedules": schedules.run,
+    "nnx": nnx.section,
     "lr-suggest": lr_suggest.section,
 }
 """Section name (as given to ``lecopt bench --only``) -> its ``run(quick=...)``."""

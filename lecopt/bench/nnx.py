@@ -6,7 +6,7 @@ an NHWC (64, 16, 16, 64) input, against ``nnx.BatchNorm``'s default (fast varian
 ``E[z^2] - E[z]^2``). Both sides run the same NNX program; only the layer class differs. The
 headline ratio is the geometric mean of lecopt's time over Flax's on the two shapes.
 
-Second section (:func:`run_fit`, ``python -m lecopt._bench_nnx --fit``): one
+Second section (:func:`run_fit`, ``lecopt bench --only nnx``): one
 ``lecopt.train.fit`` epoch of an NNX MLP (784-512-512-10 with :class:`lecopt.nnx.BatchNorm`,
 batch 128, mnist-5k's 4000 training examples: 31 steps, no test set) against the same epoch
 written as NNX's tutorials do: an ``nnx.jit`` training step (``nnx.Optimizer(model,
@@ -146,6 +146,15 @@ def run_fit(quick: bool = False) -> list[dict[str, Any]]:
                  "target": "<= 0.85", "device": str(jax.devices()[0]),
                  "rounds": rounds, "repeats": repeats})
     return rows
+
+
+def section(quick: bool = False) -> dict[str, Any]:
+    """``lecopt bench --only nnx``: both measurements as one bench section."""
+    rows = run(quick)
+    return {"title": "Flax NNX: BatchNorm fwd+bwd and the fit epoch",
+            "rows": [r for r in rows if "median_s" in r],
+            "ratios": {r["name"]: r["ratio"] for r in rows if "ratio" in r},
+            "notes": ["targets: BatchNorm geometric mean <= 1.0, fit epoch / nnx.jit loop <= 0.85"]}
 
 
 if __name__ == "__main__":
