@@ -650,7 +650,12 @@ def explore_schedules(kind: str = "triangular2", *, interactive: bool | None = N
       A :class:`Panel` drawing :func:`draw_schedule`.
 
     Example:
-      >>> widgets.explore_schedules("sgdr")  # in a notebook, or on the page of `lecopt app`
+      In a notebook, or on the page of ``lecopt app``, the panel is live; here, its static
+      figure:
+
+      >>> panel = lecopt.widgets.explore_schedules("sgdr", interactive=False)
+      >>> panel.values["kind"], panel.png[:4] == b"\\x89PNG"
+      ('sgdr', True)
     """
     return show(draw_schedule, {
         "kind": dropdown(list(SCHEDULES), kind, label="schedule"),
@@ -747,7 +752,12 @@ def explore_batchnorm_offset(noise: Any = None, *, interactive: bool | None = No
       A :class:`Panel` drawing :func:`draw_batchnorm_offset`.
 
     Example:
-      >>> widgets.explore_batchnorm_offset()  # in a notebook, or on the page of `lecopt app`
+      In a notebook, or on the page of ``lecopt app``, the panel is live; here, its static
+      figure:
+
+      >>> panel = lecopt.widgets.explore_batchnorm_offset(interactive=False)
+      >>> panel.png[:4] == b"\\x89PNG"
+      True
     """
     if noise is None:
         noise = np.random.default_rng(0).standard_normal((256, 16)).astype(np.float32)
