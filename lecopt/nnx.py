@@ -306,8 +306,8 @@ def population_batch_stats(model: nnx.Module, x: Any, *, batch_size: int = 256) 
       >>> mlp = lecopt.nnx.MLP(4, (8,), 3, batch_norm=True, rngs=nnx.Rngs(0))
       >>> x = np.random.default_rng(0).normal(2.0, 1.0, (100, 4)).astype(np.float32)
       >>> pop = lecopt.nnx.population_batch_stats(mlp, x, batch_size=32)
-      >>> z = x @ np.asarray(mlp.hidden[0].kernel.value) + np.asarray(mlp.hidden[0].bias.value)
-      >>> bool(np.allclose(pop.norms[0].mean.value, z.mean(0), atol=1e-5))
+      >>> z = x @ np.asarray(mlp.hidden[0].kernel[...]) + np.asarray(mlp.hidden[0].bias[...])
+      >>> bool(np.allclose(pop.norms[0].mean[...], z.mean(0), atol=1e-5))
       True
     """
     _checks.check_positive_int("batch_size", batch_size)
