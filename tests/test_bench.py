@@ -76,7 +76,7 @@ def test_bench_json(tmp_path, monkeypatch, capsys):
 
 def test_bench_rejects_an_unknown_section_before_running():
     with pytest.raises(ValueError, match=r"unknown \['gpu'\]; choose from updates, lr, nn, "
-                       r"train, schedules, lr-suggest"):
+                       r"train, schedules, nnx, lr-suggest"):
         bench.run(["updates", "gpu"])
 
 
