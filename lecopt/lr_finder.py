@@ -290,7 +290,7 @@ def torch_lr_finder_rule(curve: Curve, smooth_f: float = 0.05, diverge_th: float
 LECOPT_FACTOR = 1.5
 """lecopt's rule divides the rate of the lowest zero-phase-smoothed loss by this factor.
 
-Chosen on :mod:`lecopt._bench_lr_suggest` (9 tasks x 3 resolutions): factors 1, 1.5, 2, 2.5,
+Chosen on :mod:`lecopt.bench.lr_suggest` (9 tasks x 3 resolutions): factors 1, 1.5, 2, 2.5,
 3, 4 hit the grid-best loss within 1.25x on 67%, 81%, 63%, 48%, 48%, 30% of the cases; the
 suite is also the test set, so the figure is in-sample."""
 
@@ -307,7 +307,7 @@ def lecopt_rule(curve: Curve) -> float:
     edge is where the (lag-free) loss stops falling. The steepest decline (the lecture's
     rule, read without lag) sits 2-10x lower; the EMA-based rules land near the edge only by
     their lag, which depends on the resolution. Measured on the suite (exact rates,
-    ``python -m lecopt._bench_lr_suggest``): regret <= 1.25 in 81% of the (task, resolution)
+    ``lecopt bench --only lr-suggest``): regret <= 1.25 in 81% of the (task, resolution)
     cases, median regret 1.11; it misses on a 10-epoch Adam budget, whose best rate is far
     below the edge, and the suggestion still moves by a median 2.3x between 100 and 1000
     steps (the curve's minimum, not the smoothing, moves with the training the sweep does).
@@ -430,10 +430,12 @@ def _sweep_impl(
     beta = jnp.asarray(smoothing, fdt)
     factor = jnp.asarray(diverge_factor, fdt)
 
-    def step(carry, batch):
+    def step(carry, item):
         # k counts the steps of the scan (the same for every seed under vmap, so it stays
         # unbatched); while a sweep is live, it is also its number of updates so far.
         k, params, opt_state, ms, avg, best, diverged, recorded = carry
+        batch = item if order is None else jax.tree.map(
+            lambda x: lax.dynamic_index_in_dim(x, item, keepdims=False), batches)
         live = (k < num_steps) & ~diverged
         (loss, new_ms), grads = grad_fn(params, ms, batch)
         loss = loss.astype(fdt)
@@ -459,11 +461,14 @@ def _sweep_impl(
         )
         return carry, (jnp.where(live, loss, jnp.nan), jnp.where(live, smooth, jnp.nan))
 
-    # The minibatches are the scanned-over sequence (xs) of an inner scan, once per cycle
-    # through them: XLA feeds each to the step in place, where indexing a stacked array
-    # inside the loop copied it every step (about half the time of a small model's step).
-    in_order = batches if order is None else jax.tree.map(
-        lambda x: jnp.take(x, order, axis=0), batches)
+    # Without an order the minibatches are the scanned-over sequence (xs) of an inner scan,
+    # once per cycle through them: XLA feeds each to the step in place, where indexing a
+    # stacked array inside the loop copied it every step (about half the time of a small
+    # model's step). With an order (a seed's, batched under vmap over seeds) the scan runs
+    # over the indices and each step gathers its own minibatch from the shared batches:
+    # permuting the whole data set once per seed up front cost more than the sweep itself
+    # for a small model, and a batched xs is sliced along its second axis every step.
+    in_order = batches if order is None else order
     cycles = -(-num_steps // nb)
 
     init = (

@@ -8,6 +8,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from lecopt import bench
@@ -116,3 +117,18 @@ def test_a_section_table_and_figures_are_printed_and_written(tmp_path, monkeypat
 
 def _small_updates(quick: bool = False):
     return bench.run_updates(rounds=2, repeats=1, shapes=[(64, 32), (32,)], cases=["rmsprop"])
+
+
+def test_lr_bench_contestants_compute_the_same_sweep():
+    contestants, agree, steps = bench.lr._sweep_contestants()
+    assert steps == bench.lr.NUM_STEPS and agree < 1e-5
+    record = contestants["compiled sweep (lr_range_test's program)"]()
+    rules = contestants["the rules on the record (host NumPy)"]()
+    end_to_end = contestants["lr_range_test end to end"]()
+    assert rules == pytest.approx(end_to_end.suggestions, rel=1e-6)
+    assert record.losses.shape == (bench.lr.NUM_STEPS,)
+    one, three = (f() for f in bench.lr._timed_seeds(
+        bench.lr._loss, lambda key: bench.lr._problem()[0], bench.lr._problem()[1]).values())
+    # The same params and order for seed 0 either way: the seeds program is one sweep per seed.
+    np.testing.assert_allclose(np.asarray(three.losses[0]), np.asarray(one.losses[0]),
+                               rtol=1e-5, atol=1e-6)

@@ -231,6 +231,23 @@ def test_seeds_vmapped_equal_one_by_one():
     plt.close("all")
 
 
+def test_a_seed_is_its_documented_init_and_minibatch_order():
+    # Seed s: init_key, order_key = split(key(s)); params(init_key); the minibatches in the
+    # order permutation(order_key, num_batches). Re-built by hand and run without seeds.
+    loss_fn, init, batches = _seed_problem()
+    opt = lambda lr: optimizers.sgd(lr, momentum=0.9)
+    kw = dict(min_lr=1e-4, max_lr=100.0, num_steps=40)
+    seeded = lr_range_test(loss_fn, init, batches, opt, seeds=[0, 5], **kw)
+    for i, s in enumerate([0, 5]):
+        init_key, order_key = jax.random.split(jax.random.key(s))
+        order = np.asarray(jax.random.permutation(order_key, 6))
+        by_hand = lr_range_test(loss_fn, init(init_key),
+                                jax.tree.map(lambda a, o=order: a[o], batches), opt, **kw)
+        np.testing.assert_allclose(np.asarray(seeded.losses[i]), np.asarray(by_hand.losses),
+                                   rtol=1e-5, atol=1e-6)
+        assert int(seeded.stopped_at[i]) == int(by_hand.stopped_at)
+
+
 def test_quick_benchmark_lecopt_not_worse_than_valley():
     rows = bench.run(quick=True, tasks=bench.QUICK_TASKS[:1], seeds=1)
     s = bench.summary(rows)
