@@ -669,7 +669,9 @@ def _piece_index(t: jax.Array, starts: jax.Array) -> jax.Array:
     (``ceil(log2(pieces))`` deep, one integer compare per boundary): it fuses with the piece's
     arithmetic into one kernel of the caller's compiled loop, where a ``searchsorted`` is a
     kernel of its own, which costs more than the compares on a CPU. Beyond that, an unrolled
-    binary search (``log2(pieces)`` compares).
+    binary search (``log2(pieces)`` compares). The fused step still costs more than the piece
+    alone: the piece's arithmetic cannot start before the compares have chosen its row and its
+    numbers are read (``lecopt bench --only schedules`` times each part).
     """
     n = starts.shape[0]
     if n > _TREE_PIECES:
