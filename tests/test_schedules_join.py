@@ -402,7 +402,22 @@ def test_plot_draws_joined_and_one_cycle_schedules():
 
 def test_bench_quick_rows():
     res = bench_schedules.run(quick=True)
-    assert len(res["rows"]) == 6
+    assert len(res["rows"]) == 8
     assert all(r["median_s"] > 0 and r["per_step_ns"] > 0 for r in res["rows"])
     assert any("lecopt join 8 / 1 piece" == k for k in res["ratios"])
     assert any("optax join 8 / 1 piece" == k for k in res["ratios"])
+
+
+def test_join_step_fuses_into_as_many_kernels_as_one_piece():
+    # _piece_index's compare tree and the read of the piece's numbers fuse with the piece's
+    # arithmetic; a searchsorted would be a kernel of its own (the loop body's count grows).
+    ours, _, boundaries = bench_schedules._pieces()
+    one = bench_schedules.kernels_per_step(ours[0], 10)
+    joined = bench_schedules.kernels_per_step(schedules.join(ours, boundaries), 10)
+    assert joined == one == ["fusion", "fusion"]
+
+    def searched(step):
+        starts = jnp.asarray([0, *boundaries])
+        return jnp.searchsorted(starts, step, side="right").astype(jnp.float32)
+
+    assert len(bench_schedules.kernels_per_step(searched, 10)) > len(one)
