@@ -507,9 +507,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="time lecopt against optax, Flax (and torch if present)")
     p.add_argument("--quick", action="store_true", help="fewer rounds")
     p.add_argument("--only", type=_only, default=None,
-                   help="comma-separated sections: updates, lr, nn, train, schedules, "
-                        "lr-suggest (default: all but lr-suggest, the minutes-long suite of "
-                        "range-test suggestions judged by grid search)")
+                   help="comma-separated sections: updates, lr, nn, train, schedules, nnx, "
+                        "lr-suggest, lr-dependence (default: all but lr-suggest, the "
+                        "minutes-long suite of range-test suggestions judged by grid search, "
+                        "and lr-dependence, what the suggestion depends on)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     p.add_argument("--out", default="bench-out", metavar="DIR",
                    help="folder for the sections' figures (default bench-out/)")

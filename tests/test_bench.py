@@ -77,12 +77,12 @@ def test_bench_json(tmp_path, monkeypatch, capsys):
 
 def test_bench_rejects_an_unknown_section_before_running():
     with pytest.raises(ValueError, match=r"unknown \['gpu'\]; choose from updates, lr, nn, "
-                       r"train, schedules, nnx, lr-suggest"):
+                       r"train, schedules, nnx, lr-suggest, lr-dependence"):
         bench.run(["updates", "gpu"])
 
 
 def test_default_sections_leave_out_only_the_long_suggestion_suite():
-    assert set(bench.SECTIONS) - set(bench.DEFAULT_SECTIONS) == {"lr-suggest"}
+    assert set(bench.SECTIONS) - set(bench.DEFAULT_SECTIONS) == {"lr-suggest", "lr-dependence"}
     assert bench.SECTIONS["lr-suggest"] is bench.lr_suggest.section
     assert bench.SECTIONS["schedules"] is bench.schedules.run
 

@@ -262,3 +262,12 @@ def test_quick_benchmark_lecopt_not_worse_than_valley():
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+def test_dependence_table_reports_the_spread_of_its_rows():
+    rows = [{"task": "t", "kind": "range", "min_lr": lo, "max_lr": 10.0, "num_steps": 400,
+             "rate": rate, "spread": 1.5} for lo, rate in ((1e-7, 0.2), (1e-6, 0.1))]
+    rows.append({"task": "t", "kind": "budget", "epochs": 3, "grid_best_rate": 0.3,
+                 "grid_best_loss": 0.1, "suggestion": 0.2, "suggestion_regret": 1.1})
+    text = bench.format_dependence(rows)
+    assert "max/min 2.00x" in text and "3 ep -> 0.3 (suggestion 0.2: regret 1.10x)" in text

@@ -13,7 +13,9 @@ Each section is a module with a ``run(quick=False) -> dict`` that returns ``{"ti
 * :mod:`~lecopt.bench.lr_suggest` (``lr-suggest``): every range-test rule's suggestion judged
   by grid search on a suite of tasks (a table and the regret figure). It trains hundreds of
   runs (minutes on 2 CPU cores, about a minute with ``--quick``), so it runs only when named
-  (:data:`DEFAULT_SECTIONS` leaves it out).
+  (:data:`DEFAULT_SECTIONS` leaves it out). ``lr-dependence``, also only when named: what
+  lecopt's suggestion depends on (the swept range, the seed) and what the best rate depends
+  on (the budget).
 
 A section may also return ``"table"`` (text printed instead of the rows) and ``"figures"``
 (file name -> PNG bytes, written under ``out_dir``).
@@ -47,12 +49,14 @@ SECTIONS: dict[str, Callable[..., dict[str, Any]]] = {
     "schedules": schedules.run,
     "nnx": nnx.section,
     "lr-suggest": lr_suggest.section,
+    "lr-dependence": lr_suggest.dependence_section,
 }
 """Section name (as given to ``lecopt bench --only``) -> its ``run(quick=...)``."""
 
-DEFAULT_SECTIONS: tuple[str, ...] = tuple(name for name in SECTIONS if name != "lr-suggest")
+DEFAULT_SECTIONS: tuple[str, ...] = tuple(name for name in SECTIONS
+                                          if name not in ("lr-suggest", "lr-dependence"))
 """What ``lecopt bench`` runs without ``--only``: every section but the minutes-long
-``lr-suggest`` suite."""
+``lr-suggest`` suite and ``lr-dependence``."""
 
 
 def format_section(result: dict[str, Any]) -> str:

@@ -302,6 +302,71 @@ def plot(rows: Sequence[dict[str, Any]]) -> Any:
     return fig
 
 
+DEPENDENCE_TASKS: tuple[Task, ...] = (TASKS[0], TASKS[2], TASKS[6])
+"""The tasks whose suggestion is measured against the rate range and the budget: logistic
+regression with plain SGD, the small MLP with momentum, and the 10-epoch Adam task (the
+suite's worst case)."""
+
+RANGES: tuple[tuple[float, float], ...] = ((1e-7, 10.0), (1e-6, 10.0), (1e-5, 10.0),
+                                            (1e-6, 3.0), (1e-6, 30.0))
+BUDGETS: tuple[int, ...] = (1, 3, 10)
+
+
+def dependence(tasks: Sequence[Task] = DEPENDENCE_TASKS, num_steps: int = 400,
+               seeds: int = SEEDS, ranges: Sequence[tuple[float, float]] = RANGES,
+               budgets: Sequence[int] = BUDGETS, grid_size: int = 13,
+               ds: ldata.Dataset | None = None) -> list[dict[str, Any]]:
+    """What lecopt's suggestion depends on, besides the resolution: the swept range of rates
+    (at ``num_steps``), the seed (its spread), and what the best constant rate depends on:
+    the budget (a grid search at every budget of ``budgets``).
+
+    Returns:
+      Rows ``{"task", "kind": "range" | "budget", ...}``: per range ``min_lr``, ``max_lr``,
+      ``rate`` (the median over seeds), ``spread`` (max/min over seeds); per budget
+      ``epochs``, ``grid_best_rate``, ``grid_best_loss`` and ``suggestion_regret``, the
+      regret of the suggestion of the default range (the first of ``ranges``) at that budget.
+    """
+    ds = ds if ds is not None else ldata.load("mnist-5k")
+    x, y, xt, yt = _flat(ds)
+    rows = []
+    for task in tasks:
+        model = lnn.MLP(features=task.features, batch_norm=task.batch_norm)
+        picks = {}
+        for lo, hi in ranges:
+            res = _range_tests(task, model, x, y, [num_steps], seeds, lo, hi)[num_steps]
+            picks[(lo, hi)] = res.suggestion
+            rows.append({"task": task.name, "kind": "range", "min_lr": lo, "max_lr": hi,
+                         "num_steps": num_steps, "rate": float(res.suggestion),
+                         "spread": res.spread["lecopt"]})
+        default = picks[tuple(ranges[0])]
+        for epochs in budgets:
+            grid, at = _grid_and_rates(dataclasses.replace(task, epochs=epochs), model,
+                                       (x, y, xt, yt), grid_size, [default])
+            rows.append({"task": task.name, "kind": "budget", "epochs": epochs,
+                         "grid_best_rate": grid.best_rate, "grid_best_loss": grid.best_loss,
+                         "suggestion": default,
+                         "suggestion_regret": float(at[default] / grid.best_loss)})
+    return rows
+
+
+def format_dependence(rows: Sequence[dict[str, Any]]) -> str:
+    """:func:`dependence`'s rows as text, a block per task."""
+    lines = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        mine = [r for r in rows if r["task"] == task]
+        rng = [r for r in mine if r["kind"] == "range"]
+        rates = np.asarray([r["rate"] for r in rng])
+        lines.append(f"{task}: suggestion over the range swept ({rng[0]['num_steps']} steps): "
+                     + ", ".join(f"{r['min_lr']:.0e}..{r['max_lr']:g} -> {r['rate']:.3g} "
+                                 f"(seeds {r['spread']:.2f}x)" for r in rng)
+                     + f"; max/min {rates.max() / rates.min():.2f}x")
+        lines.append(f"{task}: best constant rate over the budget: "
+                     + ", ".join(f"{r['epochs']} ep -> {r['grid_best_rate']:.3g} (suggestion "
+                                 f"{r['suggestion']:.3g}: regret {r['suggestion_regret']:.2f}x)"
+                                 for r in mine if r["kind"] == "budget"))
+    return "\n".join(lines)
+
+
 CLAIM7 = {"features": (512, 512), "batch_size": 128, "momentum": 0.9, "epochs": 5,
           "min_lr": 1e-6, "max_lr": 10.0, "num_steps": 400, "seeds": 3,
           "grid": tuple(10.0 ** (-3.0 + 0.25 * np.arange(16)))}
@@ -404,4 +469,25 @@ def section(quick: bool = False) -> dict[str, Any]:
             f"hit: regret <= {HIT}",
         ],
         "figures": {"lr_suggest_regret.png": figure_png(plot(rows))},
+    }
+
+
+def dependence_section(quick: bool = False) -> dict[str, Any]:
+    """:func:`dependence` as a ``lecopt bench`` section (``--only lr-dependence``); quick: the
+    first task, two ranges and budgets 1 and 2 at 100 steps and one seed."""
+    t0 = time.perf_counter()
+    if quick:
+        rows = dependence(DEPENDENCE_TASKS[:1], num_steps=100, seeds=1, ranges=RANGES[:2],
+                          budgets=(1, 2))
+    else:
+        rows = dependence()
+    return {
+        "title": "What lecopt's suggestion depends on: the swept range, the seed, the budget",
+        "table": format_dependence(rows),
+        "rows": [],
+        "dependence": rows,
+        "notes": [f"device: {jax.devices()[0].device_kind}; wall time "
+                  f"{time.perf_counter() - t0:.0f} s",
+                  "regret at a budget: the final training loss at the suggestion (exact rate) "
+                  "over the grid-best loss of that budget"],
     }
