@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import os
+from types import SimpleNamespace
 
 import jax
 import pytest
@@ -51,3 +54,21 @@ def x64():
         yield
     finally:
         jax.config.update("jax_enable_x64", old)
+
+
+@pytest.fixture(scope="session")
+def quick_reproduction(tmp_path_factory):
+    """``lecopt reproduce --quick`` once per session, in this process (``runner.main``, what
+    the command calls): ``out`` (its folder), ``stdout`` (what it printed), ``doc``
+    (claims.json) and ``results`` ({experiment id: Result}). The reproduce tests read the
+    files; an experiment's own tests read its Result here instead of running it again."""
+    from lecopt.experiments import runner
+
+    out = tmp_path_factory.mktemp("reproduce")
+    outcomes, printed = [], io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = runner.main(out, quick=True, progress=False, keep=outcomes)
+    assert code == 0, printed.getvalue()[-3000:]
+    return SimpleNamespace(out=out, stdout=printed.getvalue(),
+                           doc=json.loads((out / "claims.json").read_text()),
+                           results={o.module.ID: o.result for o in outcomes})

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lecopt.experiments import Context, Result
+from lecopt.experiments import Result
 from lecopt.experiments import learning_rates as exp
 
 # --------------------------------------------------------------------------------- phases
@@ -176,8 +176,8 @@ def test_schedule_evaluator_reuses_its_program(compile_counter):
 
 
 @pytest.fixture(scope="module")
-def quick_result() -> Result:
-    return exp.run(Context(quick=True, progress=False))
+def quick_result(quick_reproduction) -> Result:
+    return quick_reproduction.results[exp.ID]
 
 
 def test_quick_run_claims(quick_result):

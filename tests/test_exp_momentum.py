@@ -13,7 +13,6 @@ from PIL import Image
 
 from lecopt import landscapes
 from lecopt import optimizers as O
-from lecopt.experiments import Context
 from lecopt.experiments import momentum as M
 from tests import reference
 
@@ -124,8 +123,8 @@ def test_1d_runs_are_algorithms_1_and_2(nesterov, x64):
     np.testing.assert_allclose(np.asarray(points), expected, rtol=1e-12, atol=1e-14)
 
 
-def test_run_checks_each_declared_claim_once_and_returns_its_figures():
-    res = M.run(Context(quick=True, progress=False))
+def test_run_checks_each_declared_claim_once_and_returns_its_figures(quick_reproduction):
+    res = quick_reproduction.results[M.ID]
     assert [(c.number, c.id, c.statement) for c in res.claims] == [tuple(s) for s in M.CLAIMS]
     for c in res.claims:
         assert c.holds, (c.id, c.evidence)

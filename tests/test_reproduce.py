@@ -4,7 +4,6 @@ renderings agree, and a checkout left as it was."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 import shlex
@@ -25,15 +24,11 @@ MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "gif": b"GIF89a"}
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("reproduce")
-    proc = subprocess.run(
-        [sys.executable, "-m", "lecopt", "reproduce", "--quick", "--out", str(out),
-         "--no-progress"],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out, proc.stdout, json.loads((out / "claims.json").read_text())
+def quick_run(quick_reproduction):
+    # The command line itself (argument parsing, the Makefile recipe) is run by
+    # test_make_reproduce_writes_only_under_results and the bad-option tests below.
+    r = quick_reproduction
+    return r.out, r.stdout, r.doc
 
 
 def test_every_claim_has_one_verdict_line_matching_claims_json(quick_run):

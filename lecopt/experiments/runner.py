@@ -222,7 +222,8 @@ def _command(out: str, quick: bool, only: Sequence[str] | None, data: str,
 
 def main(out: str | Path = "results", *, quick: bool = False, only: Sequence[str] | None = None,
          data: str = "mnist-5k", data_dir: str | None = None, seed: int = 0,
-         figures_dir: str | Path | None = None, progress: bool = True) -> int:
+         figures_dir: str | Path | None = None, progress: bool = True,
+         keep: list[Outcome] | None = None) -> int:
     """Runs ``lecopt reproduce``; returns 1 when an experiment crashed, else 0.
 
     Args:
@@ -234,6 +235,8 @@ def main(out: str | Path = "results", *, quick: bool = False, only: Sequence[str
       seed: the base seed.
       figures_dir: also refresh the README's figures and claims table (``make figures``).
       progress: show progress bars.
+      keep: if a list, every experiment's :class:`Outcome` (its ``Result`` as an object) is
+        appended, for a caller in the same process (a notebook, the tests).
 
     Raises:
       UsageError: before anything runs, for an unknown ``only`` name or data that cannot be
@@ -250,6 +253,8 @@ def main(out: str | Path = "results", *, quick: bool = False, only: Sequence[str
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     outcomes = run_all(ctx, modules)
+    if keep is not None:
+        keep.extend(outcomes)
     elapsed = time.perf_counter() - t0
     meta = {"data": data, "seed": seed, "quick": quick, "elapsed_s": round(elapsed, 1),
             "versions": _versions(),
