@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 
 def setup(job: dict):
@@ -111,6 +112,7 @@ def main() -> None:
     from jax.sharding import Mesh
 
     mesh = Mesh(np.array(jax.devices()), ("data",))
+    print(f"JOINED (process time {time.process_time():.1f} s)", flush=True)
     for job in config["jobs"]:
         job = {**job, **changes.get(job["name"], {})}
         print(f"START {job['name']}", flush=True)
@@ -128,7 +130,7 @@ def main() -> None:
         tmp = out + ".tmp.npz"
         np.savez(tmp, **result)
         os.replace(tmp, out)
-        print(f"DONE {job['name']}", flush=True)
+        print(f"DONE {job['name']} (process time {time.process_time():.1f} s)", flush=True)
 
 
 if __name__ == "__main__":

@@ -29,12 +29,14 @@ SMALL = {"features": [64], "n_train": 512, "n_test": 200, "batch_size": 64}
 EVERY = 2
 KILL_RUN = {"name": "reference", "kind": "fit", **SMALL, "epochs": 2, "seed": 3, "lr": 0.05,
             "checkpoint_every": EVERY}
-# Sweeps of the small model, 1 epoch: each strategy; two seeds (vmap then gathers one set of
-# minibatches per run), one seed for "auto" (vmap on a CPU for this model: one shared order).
+# Sweeps of the small model, 1 epoch, 4 runs each: every strategy; "vmap" with one seed (one
+# order shared by the runs), "auto" (vmap on a CPU for this model) with two seeds (one set of
+# minibatches gathered per run). 4 runs in both: the vmapped programs but training's are shared.
 SWEEP = {"kind": "sweep", **SMALL, "epochs": 1, "lrs": [0.05, 0.02], "seeds": [3, 4]}
 SWEEPS = [dict(SWEEP, name="sweep-loop", strategy="loop"),
-          dict(SWEEP, name="sweep-vmap", strategy="vmap"),
-          dict(SWEEP, name="sweep-auto", strategy="auto", seeds=[3])]
+          dict(SWEEP, name="sweep-vmap", strategy="vmap", lrs=[0.05, 0.02, 0.01, 0.1],
+               seeds=[3]),
+          dict(SWEEP, name="sweep-auto", strategy="auto")]
 # Calls that process 1 makes differently (LECOPT_TEST_CONFIG_CHANGES): each must fail alike in
 # both processes, which then go on with the next job.
 DISAGREE = [dict(KILL_RUN, name="disagree-fit", epochs=1, checkpoint_every=None,
@@ -235,9 +237,9 @@ def test_sweep_across_processes(runs, job):
     """Each strategy: the same runs in both processes (bit for bit), equal to 1 process x 4
     devices to float32 rounding."""
     (p0, p1), one = runs[job], runs[f"one/{job}"]
-    seeds = next(j["seeds"] for j in SWEEPS if j["name"] == job)
-    assert p0["runs"] == p1["runs"] == one["runs"] == [[lr, s] for lr in SWEEP["lrs"]
-                                                       for s in seeds]
+    sweep = next(j for j in SWEEPS if j["name"] == job)
+    assert p0["runs"] == p1["runs"] == one["runs"] == [[lr, s] for lr in sweep["lrs"]
+                                                       for s in sweep["seeds"]]
     diffs = {"step_loss": 0.0, "test_loss": 0.0, "params": 0.0}
     for (h0, l0), (h1, l1), (h, leaves) in zip(_sweep_runs(p0), _sweep_runs(p1),
                                                _sweep_runs(one), strict=True):
@@ -262,9 +264,13 @@ def test_sweep_across_processes_is_fit_across_processes(runs):
     run = loop[(0.05, 3)]
     assert run["step_loss"] == fit["step_loss"][:8]
     assert run["test_loss"] == fit["test_loss"][:1]
+    compared = 0
     for job in ("sweep-vmap", "sweep-auto"):
         for (lr, seed), h in zip(runs[job][0]["runs"], runs[job][0]["histories"]):
-            assert _max_abs(h["step_loss"], loop[(lr, seed)]["step_loss"]) < 1e-6, job
+            if (lr, seed) in loop:
+                assert _max_abs(h["step_loss"], loop[(lr, seed)]["step_loss"]) < 1e-6, job
+                compared += 1
+    assert compared == 6
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,26 +310,31 @@ def test_more_kill_points(tmp_path, runs, cache):
     _check_chain(runs["reference"], _kill_chain(tmp_path, MORE_KILLS, cache))
 
 
-@pytest.mark.parametrize("process_id", [0, 1])
-def test_no_coordinator_is_one_clear_line_within_the_timeout(tmp_path, process_id):
-    """Process 1 with nobody at the coordinator's address; process 0 with nobody joining."""
-    port = distributed.free_port()
-    env = mp.worker_envs(2, 2, port=port)[process_id]
+def test_no_coordinator_is_one_clear_line_within_the_timeout(tmp_path):
+    """Process 1 with nobody at the coordinator's address; process 0 (of another run, at the
+    same time) with nobody joining."""
     code = ("from lecopt import distributed; distributed.initialize(timeout_s=3); "
             "print('JOINED')")
-    with mp.processes([([sys.executable, "-c", code], env)], tmp_path) as group:
+    ports = [distributed.free_port()]
+    while len(ports) < 2:  # two runs: process 1 must not find process 0's coordinator
+        port = distributed.free_port()
+        if port != ports[0]:
+            ports.append(port)
+    envs = [mp.worker_envs(2, 2, port=port)[i] for i, port in enumerate(ports)]
+    with mp.processes([([sys.executable, "-c", code], env) for env in envs], tmp_path) as group:
         t0 = time.monotonic()
-        [rc] = group.wait(120)
+        codes = group.wait(120)
         elapsed = time.monotonic() - t0
-    out = group.output(0)
-    errors = [line for line in out.splitlines() if line.startswith("lecopt: error:")]
-    assert rc == distributed.EXIT_INIT_TIMEOUT, out
-    assert len(errors) == 1 and "JOINED" not in out and "Check failure" not in out, out
-    assert f"process {process_id} could not start the 2-process run within 3 s" in errors[0]
-    if process_id == 1:
-        assert f"nobody listens at the coordinator address 127.0.0.1:{port}" in errors[0]
-    else:
-        assert "answers but not all 2 processes joined" in errors[0]
+    for process_id, rc in enumerate(codes):
+        out = group.output(process_id)
+        errors = [line for line in out.splitlines() if line.startswith("lecopt: error:")]
+        assert rc == distributed.EXIT_INIT_TIMEOUT, out
+        assert len(errors) == 1 and "JOINED" not in out and "Check failure" not in out, out
+        assert f"process {process_id} could not start the 2-process run within 3 s" in errors[0]
+        if process_id == 1:
+            assert f"nobody listens at the coordinator address 127.0.0.1:{ports[1]}" in errors[0]
+        else:
+            assert "answers but not all 2 processes joined" in errors[0]
     # 3 s of waiting plus the interpreter's and JAX's start (slow on a loaded machine)
     assert elapsed < 60, elapsed
 
