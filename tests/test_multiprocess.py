@@ -1,7 +1,11 @@
 """Training across processes, for real: 2 processes x 2 simulated CPU devices on 127.0.0.1.
 
 Every process is a subprocess started in its own process group and killed when its test ends
-(tests/_multiprocess.py); every run binds 127.0.0.1 only, at a free port.
+(tests/_multiprocess.py); every run binds 127.0.0.1 only, at a free port. Few processes, each
+doing several jobs (tests/_dist_worker.py), all started at once by one fixture (``runs``):
+the lecture's run (2 x 2 and 1 x 4, then the command line), the small runs (disagreeing
+calls, the checkpointed reference, the sweeps; 2 x 2 and 1 x 4), the chain of kills (one run
+killed and resumed in turn at every kill point), the processes without a coordinator.
 """
 
 from __future__ import annotations
@@ -65,35 +69,55 @@ def _env(cache: str, **extra: str) -> dict:
     return {"LECOPT_TEST_JAX_CACHE": cache, "LECOPT_TEST_HEARTBEAT": str(HEARTBEAT_S), **extra}
 
 
-def _agreement(tmp: Path, cache: str, checkpoints: Path) -> dict:
-    """One set of 2 processes x 2 devices doing every job in turn (the disagreeing calls, the
-    lecture's run, the uninterrupted checkpointed small run, the sweeps), 1 process x 4
-    devices doing the lecture's run and the sweeps at the same time; then ``lecopt train
-    --local-processes 2``."""
+def _quick_to_compile(commands: list) -> list:
+    """``commands`` with LLVM's optimisation off in XLA:CPU: the small runs' time is mostly
+    compilation, which this halves. (Not for the lecture's run: it compares 2 x 2 devices
+    with 1 x 4 over 16 steps at XLA's default settings, the users'.) Runs compared bit for
+    bit or to rounding are all compiled alike."""
+    for _, env in commands:
+        env["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
+    return commands
+
+
+def _lecture(tmp: Path, cache: str) -> dict:
+    """The lecture's run as 2 processes x 2 devices and as 1 process x 4 devices at once;
+    then through ``lecopt train --local-processes 2`` (which loads their compiled programs)."""
     tmp.mkdir(parents=True, exist_ok=True)
-    reference = dict(KILL_RUN, checkpoint_dir=str(checkpoints))
-    two, prefix2 = mp.worker_commands(DISAGREE + [LECTURE, reference] + SWEEPS, tmp, "two", 2,
-                                      2, **_env(cache))
-    two[1][1]["LECOPT_TEST_CONFIG_CHANGES"] = json.dumps(CHANGES)
-    one, prefix1 = mp.worker_commands([LECTURE] + SWEEPS, tmp, "one", 1, 4, **_env(cache))
+    two, prefix2 = mp.worker_commands([LECTURE], tmp, "two", 2, 2, **_env(cache))
+    one, prefix1 = mp.worker_commands([LECTURE], tmp, "one", 1, 4, **_env(cache))
     with mp.processes(two + one, tmp / "logs") as group:
         codes = group.wait(RUN_TIMEOUT)
         assert codes == [0, 0, 0], group.outputs()
-        logs = [group.output(i) for i in range(2)]
     assert not group.alive()
-    # After the 2-process run: its programs are in the cache (JAX reads the cache settings
-    # from the environment in the processes the command starts).
+    # JAX reads the cache settings from the environment in the processes the command starts.
     cli_env = dict(mp.worker_envs(1, 1)[0], **mp.cache_env(cache))
     cli = [([sys.executable, "-m", "lecopt", *CLI_ARGS, "--out", str(tmp / "cli")], cli_env)]
     with mp.processes(cli, tmp / "logs") as group:
         codes = group.wait(RUN_TIMEOUT)
         assert codes == [0], group.outputs()
         cli_output = group.output(0)
-    jobs = [j["name"] for j in DISAGREE + [LECTURE, reference] + SWEEPS]
-    out = {name: mp.results(prefix2, name, 2) for name in jobs}
-    out.update({f"one/{j['name']}": mp.results(prefix1, j["name"], 1)[0]
-                for j in [LECTURE] + SWEEPS})
-    out.update(logs=logs, cli=(tmp / "cli", cli_output))
+    return {"lecture": mp.results(prefix2, "lecture", 2),
+            "one/lecture": mp.results(prefix1, "lecture", 1)[0],
+            "cli": (tmp / "cli", cli_output)}
+
+
+def _small_runs(tmp: Path, cache: str, checkpoints: Path) -> dict:
+    """One set of 2 processes x 2 devices doing the small jobs in turn (the disagreeing calls,
+    the uninterrupted checkpointed run the kills are compared with, the sweeps), and 1
+    process x 4 devices doing the sweeps at the same time."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    reference = dict(KILL_RUN, checkpoint_dir=str(checkpoints))
+    jobs = DISAGREE + [reference] + SWEEPS
+    two, prefix2 = mp.worker_commands(jobs, tmp, "two", 2, 2, **_env(cache))
+    two[1][1]["LECOPT_TEST_CONFIG_CHANGES"] = json.dumps(CHANGES)
+    one, prefix1 = mp.worker_commands(SWEEPS, tmp, "one", 1, 4, **_env(cache))
+    with mp.processes(_quick_to_compile(two + one), tmp / "logs") as group:
+        codes = group.wait(RUN_TIMEOUT)
+        assert codes == [0, 0, 0], group.outputs()
+        logs = [group.output(i) for i in range(2)]
+    out = {j["name"]: mp.results(prefix2, j["name"], 2) for j in jobs}
+    out.update({f"one/{j['name']}": mp.results(prefix1, j["name"], 1)[0] for j in SWEEPS})
+    out["logs"] = logs
     return out
 
 
@@ -110,7 +134,7 @@ def _kill_chain(tmp: Path, kills: list[tuple[int, int]], cache: str) -> dict:
         commands, _ = mp.worker_commands([config], tmp, f"kill-{victim}-{after}", 2, 2,
                                          **_env(cache, LECOPT_TEST_HANG_AT_FINALIZE=hang))
         survivor = 1 - victim
-        with mp.processes(commands, tmp / "logs") as group:
+        with mp.processes(_quick_to_compile(commands), tmp / "logs") as group:
             line = group.wait_for_line(0, "FINALIZING", RUN_TIMEOUT)
             assert line is not None, group.outputs()
             group.kill(victim)
@@ -130,23 +154,44 @@ def _kill_chain(tmp: Path, kills: list[tuple[int, int]], cache: str) -> dict:
                         "resumed_from": resumed_from})
         resumed_from = after
     commands, prefix = mp.worker_commands([config], tmp, "resumed", 2, 2, **_env(cache))
-    with mp.processes(commands, tmp / "logs") as group:
+    with mp.processes(_quick_to_compile(commands), tmp / "logs") as group:
         codes = group.wait(RUN_TIMEOUT)
         assert codes == [0, 0], group.outputs()
         last = group.output(0)
     return {"kills": records, "resumed": mp.results(prefix, "killed", 2), "last_output": last}
 
 
+def _no_coordinator(tmp: Path) -> tuple:
+    """Process 0 of a 2-process run that nobody joins, and process 1 of another whose
+    coordinator nobody runs, both with a 3 s timeout: (ports, exit codes, outputs, seconds)."""
+    code = ("from lecopt import distributed; distributed.initialize(timeout_s=3); "
+            "print('JOINED')")
+    ports = [distributed.free_port()]
+    while len(ports) < 2:  # two runs: process 1 must not find process 0's coordinator
+        port = distributed.free_port()
+        if port != ports[0]:
+            ports.append(port)
+    envs = [mp.worker_envs(2, 2, port=port)[i] for i, port in enumerate(ports)]
+    with mp.processes([([sys.executable, "-c", code], env) for env in envs], tmp) as group:
+        t0 = time.monotonic()
+        codes = group.wait(120)
+        elapsed = time.monotonic() - t0
+    return ports, codes, [group.output(i) for i in range(2)], elapsed
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, cache):
-    """Every 2-process run of this module, at once: the agreement set of processes (and then
-    the command line), and the chain of kills (whose waits for a dead process overlap with
-    the former's work)."""
+    """Every run of this module but the launcher's interruption, at once: the lecture's (and
+    then the command line), the small runs, the chain of kills (whose waits for a dead
+    process overlap with the others' work), the processes without a coordinator."""
     tmp = tmp_path_factory.mktemp("multiprocess")
-    with ThreadPoolExecutor(2) as pool:
-        agreement = pool.submit(_agreement, tmp / "agreement", cache, tmp / "reference")
+    with ThreadPoolExecutor(4) as pool:
+        lecture = pool.submit(_lecture, tmp / "lecture", cache)
+        small = pool.submit(_small_runs, tmp / "small", cache, tmp / "reference")
         chain = pool.submit(_kill_chain, tmp / "chain", KILLS, cache)
-        return dict(agreement.result(), chain=chain.result())
+        lonely = pool.submit(_no_coordinator, tmp / "no-coordinator")
+        return dict(lecture.result(), **small.result(), chain=chain.result(),
+                    no_coordinator=lonely.result())
 
 
 def _max_abs(a, b) -> float:
@@ -310,23 +355,11 @@ def test_more_kill_points(tmp_path, runs, cache):
     _check_chain(runs["reference"], _kill_chain(tmp_path, MORE_KILLS, cache))
 
 
-def test_no_coordinator_is_one_clear_line_within_the_timeout(tmp_path):
+def test_no_coordinator_is_one_clear_line_within_the_timeout(runs):
     """Process 1 with nobody at the coordinator's address; process 0 (of another run, at the
     same time) with nobody joining."""
-    code = ("from lecopt import distributed; distributed.initialize(timeout_s=3); "
-            "print('JOINED')")
-    ports = [distributed.free_port()]
-    while len(ports) < 2:  # two runs: process 1 must not find process 0's coordinator
-        port = distributed.free_port()
-        if port != ports[0]:
-            ports.append(port)
-    envs = [mp.worker_envs(2, 2, port=port)[i] for i, port in enumerate(ports)]
-    with mp.processes([([sys.executable, "-c", code], env) for env in envs], tmp_path) as group:
-        t0 = time.monotonic()
-        codes = group.wait(120)
-        elapsed = time.monotonic() - t0
-    for process_id, rc in enumerate(codes):
-        out = group.output(process_id)
+    ports, codes, outputs, elapsed = runs["no_coordinator"]
+    for process_id, (rc, out) in enumerate(zip(codes, outputs)):
         errors = [line for line in out.splitlines() if line.startswith("lecopt: error:")]
         assert rc == distributed.EXIT_INIT_TIMEOUT, out
         assert len(errors) == 1 and "JOINED" not in out and "Check failure" not in out, out
