@@ -220,13 +220,15 @@ def _train_in_turn(setup: Setup, compiled: programs.TrainPrograms, members: list
     """Every run in turn through fit's compiled programs; one host sync per epoch."""
     steps = setup.steps
     evaluate_test = setup.eval_programs().evaluate
-    buffer, no_bad_step = setup.replicate((jnp.zeros([steps], jnp.float32),
-                                           jnp.asarray(-1, jnp.int32)))
+    buffer = jnp.zeros([steps], jnp.float32)
+    no_bad_step = jnp.asarray(-1, jnp.int32)
+    if setup.multiprocess:  # placed as fit places them: the very same program, bit for bit
+        buffer, no_bad_step = setup.replicate((buffer, no_bad_step))
     out = {}
     for seed in seeds:
         init_key, data_key = setup.replicate(programs.seed_keys(seed))
         for i, hyperparameters in members:
-            if setup.multiprocess:  # else as fit passes them: the very same program
+            if setup.multiprocess:
                 hyperparameters = setup.replicate(hyperparameters)
             started = time.perf_counter()
             state = compiled.init(init_key, setup.example, hyperparameters, *setup.init_args)
