@@ -1,14 +1,24 @@
-"""Subprocess worker of tests/test_multiprocess.py: one process of a (multi-process) ``fit``.
+"""Subprocess worker of tests/test_multiprocess.py: one process of a (multi-process) run that
+does several jobs in turn (``fit``, ``sweep``), so that one set of processes serves several
+checks and pays JAX's start once.
 
-``python tests/_dist_worker.py CONFIG.json OUT_PREFIX`` trains the run described by
-CONFIG.json (see :func:`setup`) with ``mesh=`` over every device of every process, and writes
-``OUT_PREFIX.<process>.npz``: the final state's leaves, the history as JSON, ``train.evaluate``
-of the final state on the test set, the number of processes and of global and local devices.
+``python tests/_dist_worker.py CONFIG.json OUT_PREFIX`` does the jobs of CONFIG.json
+(``{"jobs": [job, ...]}``, see :func:`setup`) with ``mesh=`` over every device of every
+process, and writes ``OUT_PREFIX.<job name>.<process>.npz`` for each:
+
+* ``fit``: the final state's leaves ``"000"``, ..., the history as JSON, ``train.evaluate``
+  of the final state on the test set, the number of processes and of global and local devices;
+* ``sweep``: for each run ``r`` its leaves ``"r<r>_000"``, ... and ``histories`` (JSON list);
+* a job with ``"expect_error": true`` must raise ``ValueError``: its message is written
+  (``error``) and printed (``ValueError: ...``), and the next job runs.
+
 With ``$JAX_NUM_PROCESSES`` > 1 it first joins the run through
 :func:`lecopt.distributed.initialize` (coordinator, count and index from JAX's environment
-variables, as ``lecopt.distributed.launch_local`` sets them). It prints ``START`` before
-training, ``CKPT <step>`` after each checkpoint committed (process 0 renames the checkpoints,
-so only it prints these) and ``DONE`` at the end.
+variables, as ``lecopt.distributed.launch_local`` sets them). It prints ``START <job>`` before
+each job, ``CKPT <step>`` after each checkpoint committed (process 0 renames the checkpoints,
+so only it prints these; with ``$LECOPT_TEST_HANG_AT_FINALIZE`` = n it hangs before the n-th
+commit) and ``DONE <job>`` after it. ``$LECOPT_TEST_CONFIG_CHANGES`` (``{job name:
+{key: value}}``) changes this process's jobs (a test of processes that disagree).
 """
 
 from __future__ import annotations
@@ -16,32 +26,70 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 
-def setup(config: dict):
-    """(model, optimizer, data, fit keyword arguments) of a run described by ``config``:
-    ``features``, ``n_train`` (None: all of mnist-5k), ``n_test``, ``epochs``, ``batch_size``,
-    ``seed``, ``lr``; the optimizer is ``lecopt train``'s (``cli.build_optimizer``, sgd with
-    momentum 0.9 and weight decay 1e-3), the model the lecture's MLP with BatchNorm."""
+def setup(job: dict):
+    """(model, make_optimizer, data, keyword arguments) of a job: ``features``, ``n_train``
+    (None: all of mnist-5k), ``n_test``, ``epochs``, ``batch_size``, ``seed``, ``lr``; the
+    optimizer is ``lecopt train``'s (``cli.build_optimizer``: sgd with momentum 0.9 and weight
+    decay 1e-3) of a learning rate, the model the lecture's MLP with BatchNorm."""
     from lecopt import cli, data, nn
 
     ds = data.load("mnist-5k")
-    n, m = config.get("n_train"), config.get("n_test")
+    n, m = job.get("n_train"), job.get("n_test")
     small = {"x_train": ds.x_train[:n], "y_train": ds.y_train[:n],
              "x_test": ds.x_test[:m], "y_test": ds.y_test[:m]}
-    model = nn.MLP(features=tuple(config["features"]), batch_norm=True)
-    tx = cli.build_optimizer("sgd", config["lr"], 0.9, 1e-3)
-    kw = {"epochs": config["epochs"], "batch_size": config["batch_size"],
-          "seed": config["seed"], "progress": False}
-    return model, tx, small, kw
+    model = nn.MLP(features=tuple(job["features"]), batch_norm=True)
+
+    def make_optimizer(lr):
+        return cli.build_optimizer("sgd", lr, 0.9, 1e-3)
+
+    kw = {"epochs": job["epochs"], "batch_size": job["batch_size"], "progress": False}
+    return model, make_optimizer, small, kw
+
+
+def _fit(job: dict, mesh) -> dict:
+    import jax
+    import numpy as np
+
+    from lecopt import train
+
+    model, make_optimizer, small, kw = setup(job)
+    if job.get("checkpoint_dir"):
+        kw.update(checkpoint_dir=job["checkpoint_dir"],
+                  checkpoint_every=job["checkpoint_every"], max_to_keep=2)
+    state, history = train.fit(model, make_optimizer(job["lr"]), small, mesh=mesh,
+                               seed=job["seed"], **kw)
+    evaluation = train.evaluate(model, state.variables, small["x_test"], small["y_test"])
+    leaves = {f"{i:03d}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(state))}
+    return dict(history=json.dumps(history.to_dict()), processes=jax.process_count(),
+                devices=len(jax.devices()), local_devices=len(jax.local_devices()),
+                evaluate=np.asarray(evaluation, np.float64), **leaves)
+
+
+def _sweep(job: dict, mesh) -> dict:
+    import jax
+    import numpy as np
+
+    from lecopt import train
+
+    model, make_optimizer, small, kw = setup(job)
+    runs = train.sweep(model, make_optimizer, {"lr": job["lrs"]}, small, mesh=mesh,
+                       seeds=job["seeds"], strategy=job["strategy"], **kw)
+    out = {"histories": json.dumps([r.history.to_dict() for r in runs]),
+           "runs": json.dumps([[r.setting["lr"], r.seed] for r in runs])}
+    for r, run in enumerate(runs):
+        for i, x in enumerate(jax.tree.leaves(run.state)):
+            out[f"r{r}_{i:03d}"] = np.asarray(x)
+    return out
 
 
 def main() -> None:
     config_path, prefix = sys.argv[1], sys.argv[2]
     with open(config_path) as f:
         config = json.load(f)
-    # This process's own changes (a test of processes that disagree).
-    config.update(json.loads(os.environ.get("LECOPT_TEST_CONFIG_CHANGES", "{}")))
+    changes = json.loads(os.environ.get("LECOPT_TEST_CONFIG_CHANGES", "{}"))
     import jax
 
     cache = os.environ.get("LECOPT_TEST_JAX_CACHE")
@@ -55,33 +103,34 @@ def main() -> None:
         distributed.initialize(timeout_s=float(os.environ.get("LECOPT_TEST_INIT_TIMEOUT", "60")),
                                heartbeat_timeout_s=float(
                                    os.environ.get("LECOPT_TEST_HEARTBEAT", "10")))
-    ckpt = config.get("checkpoint_dir")
-    if ckpt:
+    if any(job.get("checkpoint_dir") for job in config["jobs"]):
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from _train_worker import _watch_finalize
 
-        _watch_finalize(0)
+        _watch_finalize(int(os.environ.get("LECOPT_TEST_HANG_AT_FINALIZE", "0")))
     import numpy as np
     from jax.sharding import Mesh
 
-    from lecopt import train
-
-    model, tx, small, kw = setup(config)
-    if ckpt:
-        kw.update(checkpoint_dir=ckpt, checkpoint_every=config["checkpoint_every"],
-                  max_to_keep=2)
     mesh = Mesh(np.array(jax.devices()), ("data",))
-    print("START", flush=True)
-    state, history = train.fit(model, tx, small, mesh=mesh, **kw)
-    evaluation = train.evaluate(model, state.variables, small["x_test"], small["y_test"])
-    leaves = {f"{i:03d}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(state))}
-    out = f"{prefix}.{jax.process_index()}.npz"
-    tmp = out + ".tmp.npz"
-    np.savez(tmp, history=json.dumps(history.to_dict()), processes=jax.process_count(),
-             devices=len(jax.devices()), local_devices=len(jax.local_devices()),
-             evaluate=np.asarray(evaluation, np.float64), **leaves)
-    os.replace(tmp, out)
-    print("DONE", flush=True)
+    print(f"JOINED (process time {time.process_time():.1f} s)", flush=True)
+    for job in config["jobs"]:
+        job = {**job, **changes.get(job["name"], {})}
+        print(f"START {job['name']}", flush=True)
+        try:
+            result = (_sweep if job["kind"] == "sweep" else _fit)(job, mesh)
+        except ValueError as e:
+            if not job.get("expect_error"):
+                raise
+            print(f"ValueError: {e}", flush=True)
+            result = {"error": str(e)}
+        else:
+            if job.get("expect_error"):
+                raise AssertionError(f"job {job['name']} raised no ValueError")
+        out = f"{prefix}.{job['name']}.{jax.process_index()}.npz"
+        tmp = out + ".tmp.npz"
+        np.savez(tmp, **result)
+        os.replace(tmp, out)
+        print(f"DONE {job['name']} (process time {time.process_time():.1f} s)", flush=True)
 
 
 if __name__ == "__main__":

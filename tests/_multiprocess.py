@@ -126,26 +126,36 @@ def cache_env(directory: str) -> dict[str, str]:
             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
 
-def worker_commands(config: dict, tmp: Path, name: str, num_processes: int,
+def worker_commands(jobs: list[dict], tmp: Path, name: str, num_processes: int,
                     devices_per_process: int, **extra: str) -> tuple[list, Path]:
-    """Commands of ``tests/_dist_worker.py`` for ``config`` and the prefix of its results."""
+    """Commands of ``tests/_dist_worker.py`` doing ``jobs`` in turn, and the prefix of their
+    results."""
     cfg = tmp / f"{name}.json"
-    cfg.write_text(json.dumps(config))
+    cfg.write_text(json.dumps({"jobs": jobs}))
     prefix = tmp / name
     return [([sys.executable, str(WORKER), str(cfg), str(prefix)], env)
             for env in worker_envs(num_processes, devices_per_process, **extra)], prefix
 
 
-def results(prefix: Path, num_processes: int) -> list[dict]:
-    """What each process of a run wrote: leaves ``"000"``, ..., ``history`` (a dict), counts."""
+def results(prefix: Path, job: str, num_processes: int) -> list[dict]:
+    """What each process wrote for ``job``: a fit's leaves ``"000"``, ..., ``history`` (a
+    dict), counts; a sweep's ``histories`` (a list), ``runs`` ([lr, seed] each) and leaves
+    ``"r<run>_000"``, ...; a failed job's ``error``."""
     out = []
     for i in range(num_processes):
-        with np.load(f"{prefix}.{i}.npz") as z:
+        with np.load(f"{prefix}.{job}.{i}.npz") as z:
             r = {k: z[k] for k in z.files}
-        r["history"] = json.loads(str(r["history"]))
+        for k in ("history", "histories", "runs"):
+            if k in r:
+                r[k] = json.loads(str(r[k]))
+        if "error" in r:
+            r["error"] = str(r["error"])
         out.append(r)
     return out
 
 
-def leaves(result: dict) -> list[np.ndarray]:
-    return [result[k] for k in sorted(k for k in result if k.isdigit())]
+def leaves(result: dict, run: int | None = None) -> list[np.ndarray]:
+    """A fit's final leaves in order, or those of a sweep's run ``run``."""
+    names = [k for k in result if k.isdigit()] if run is None else \
+        [k for k in result if k.startswith(f"r{run}_")]
+    return [result[k] for k in sorted(names)]

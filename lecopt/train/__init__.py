@@ -52,16 +52,18 @@ How it is built, and why:
   fingerprint of the model, the optimizer (structure and hyperparameter values), the batch
   size, the seed and the data shape; a checkpoint of another run raises
   :class:`CheckpointMismatchError`.
-* **Several devices** (``mesh=``): the data and the state are replicated over the mesh, and
-  every minibatch is constrained to be split along the mesh's first axis
+* **Several devices** (``mesh=`` of ``fit`` and ``sweep``): the data and the state are
+  replicated over the mesh, and every minibatch is constrained to be split along the mesh's
+  first axis
   (``NamedSharding(mesh, PartitionSpec(axis))``). XLA's SPMD partitioner then computes each
   device's share and inserts the all-reduces of the gradient and of BatchNorm's batch
   statistics itself, so the statistics stay global (no ``axis_name`` needed) and the result
   equals one device's up to float32 rounding (sums are reduced in another order).
 * **Several processes** (a mesh over the devices of several processes, after
-  :func:`lecopt.distributed.initialize`): every process makes the same ``fit`` call and holds
-  the whole data set (the same arrays; ``fit`` checks it, by digests all-gathered from every
-  process, and raises ``ValueError`` if any process's call or data differ from process 0's).
+  :func:`lecopt.distributed.initialize`): every process makes the same ``fit`` (or
+  ``sweep``) call and holds the whole data set (the same arrays; ``fit`` and ``sweep`` check
+  it, by digests all-gathered from every process, and raise ``ValueError`` if any process's
+  call or data differ from process 0's).
   The data stays on the host: each epoch, every process computes the same order from the seed
   and gathers and transfers only its own devices' slice of every minibatch
   (``jax.make_array_from_callback`` into a global (S, B, ...) array split along B), and the

@@ -337,9 +337,11 @@ class _Run:
             callback(self.global_step, self.state)
 
 
-def _check_processes_agree(run_fingerprint: dict[str, Any], data: Any, **settings: Any) -> None:
-    """ValueError, in every process, if any process makes another ``fit`` call than process 0
-    (model, optimizer, batch size, seed, the data's shapes and contents, the settings)."""
+def _check_processes_agree(run_fingerprint: dict[str, Any], data: Any, call: str = "fit",
+                           **settings: Any) -> None:
+    """ValueError, in every process, if any process makes another ``call`` (``fit`` or
+    ``sweep``) than process 0 (model, optimizer, batch size, seed, the data's shapes and
+    contents, the settings)."""
     x, y, x_test, y_test = unpack_data(data)
     fields = {**run_fingerprint, **{k: to_jsonable(v) for k, v in settings.items()},
               "train_data_contents": distributed.content_digest(x, y),
@@ -347,9 +349,10 @@ def _check_processes_agree(run_fingerprint: dict[str, Any], data: Any, **setting
     differ = distributed.mismatched_fields(fields)
     if differ:
         details = ", ".join(f"{k} in process(es) {ps}" for k, ps in differ.items())
-        raise ValueError(f"fit across {jax.process_count()} processes: the processes disagree "
-                         f"about the run ({details} differ from process 0's). Every process "
-                         "must make the same fit call, with the same whole data set.")
+        raise ValueError(f"{call} across {jax.process_count()} processes: the processes "
+                         f"disagree about the run ({details} differ from process 0's). Every "
+                         f"process must make the same {call} call, with the same whole data "
+                         "set.")
 
 
 def _check_callback(callback: Any, callback_steps: Iterable[int], total_steps: int

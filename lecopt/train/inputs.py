@@ -138,14 +138,42 @@ class Setup:
 
     def epoch_data(self, data_key: jax.Array, epoch: int) -> tuple[Any, Any, jax.Array]:
         """``(x, y, order)``, the arguments of the training program for ``epoch``."""
-        order = programs.epoch_order(data_key, epoch, self.n, self.steps, self.batch_size)
+        return self.batches(programs.epoch_order(data_key, epoch, self.n, self.steps,
+                                                 self.batch_size))
+
+    def epochs_data(self, data_keys: list[jax.Array], epoch: int
+                    ) -> tuple[Any, Any, jax.Array]:
+        """``(x, y, orders)`` of ``epoch`` for runs of the keys ``data_keys``, one order each
+        (R, S, B): the arguments of the vmapped training program with one order per run.
+        Across processes the minibatches are gathered for each run: R copies of the slice."""
+        return self.batches(jnp.stack([programs.epoch_order(k, epoch, self.n, self.steps,
+                                                            self.batch_size)
+                                       for k in data_keys]))
+
+    def batches(self, order: jax.Array) -> tuple[Any, Any, jax.Array]:
+        """``(x, y, order)`` for minibatch indices ``order`` (..., S, B): the data set itself
+        in one process; across processes, the minibatches ``x[order]``, ``y[order]`` gathered
+        into global arrays split along B (each process transfers only its slice)."""
         if not self.multiprocess:
             return self.x, self.y, order
         # Every process has the same order (a fully replicated array: the same seed), and
         # gathers and transfers only its own devices' part of each minibatch.
         host_order = np.asarray(order)
-        return (distributed.gathered(self.x, host_order, self.epoch_sharding),
-                distributed.gathered(self.y, host_order, self.epoch_sharding), order)
+        sharding = self.epoch_sharding
+        if host_order.ndim > 2:  # one order per run: (R, S, B), split along B as well
+            sharding = NamedSharding(sharding.mesh, PartitionSpec(
+                *(None,) * (host_order.ndim - 1), sharding.spec[-1]))
+        return (distributed.gathered(self.x, host_order, sharding),
+                distributed.gathered(self.y, host_order, sharding), order)
+
+    def replicate(self, tree: Any) -> Any:
+        """``tree`` replicated over the mesh (as is without one): across processes, each
+        process places its own copy of the same values (:func:`distributed.replicated`)."""
+        if self.multiprocess:
+            return distributed.replicated(tree, self.replicated)
+        if self.replicated is not None:
+            return jax.device_put(tree, self.replicated)
+        return tree
 
 
 def prepare(model: Any, data: Any, batch_size: int, eval_batch_size: int,

@@ -254,9 +254,11 @@ def train_programs(key: ProgramKey) -> TrainPrograms:
     """The jitted programs of one model/optimizer structure (cached: no retracing)."""
     init = functools.partial(_init_state, key)
     steps = functools.partial(_train_steps, key)
-    # Runs of a sweep share the data; with one seed they share the order too.
+    # Runs of a sweep share the data; with one seed they share the order too. Minibatches
+    # gathered beforehand (key.gathered) follow their run's own order: one set per run.
     shared_order = (0, 0, None, None, None, None, None, 0, 0, 0)
-    own_order = (0, 0, None, None, 0, None, None, 0, 0, 0)
+    own_data = 0 if key.gathered else None
+    own_order = (0, 0, own_data, own_data, 0, None, None, 0, 0, 0)
     return TrainPrograms(
         init=jax.jit(init),
         train_steps=jax.jit(steps),

@@ -19,13 +19,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
-from lecopt import partition
+from lecopt import distributed, partition
 from lecopt._checks import check_int
 from lecopt.train import nnx_models, programs
-from lecopt.train.fitting import check_optimizer, epoch_means, progress_bar
+from lecopt.train.fitting import (
+    _check_processes_agree,
+    check_optimizer,
+    epoch_means,
+    progress_bar,
+)
 from lecopt.train.inputs import Setup, check_mode, prepare
-from lecopt.train.records import History, SweepRun
+from lecopt.train.records import History, SweepRun, stable_repr, to_jsonable
 
 __all__ = ["sweep", "choose_strategy", "flops_per_step", "STRATEGIES",
            "VMAP_FLOPS_THRESHOLD_CPU"]
@@ -53,6 +59,7 @@ def sweep(
     seeds: Sequence[int] = (0,),
     strategy: str = "auto",
     batch_size: int = 128,
+    mesh: Mesh | None = None,
     progress: bool = True,
     on_nonfinite: str = "stop",
     eval_batch_size: int = 1024,
@@ -97,6 +104,16 @@ def sweep(
       seeds: seeds; every setting is trained with each.
       strategy: ``"auto"``, ``"vmap"`` or ``"loop"``.
       batch_size, progress, on_nonfinite, eval_batch_size: as for ``fit``.
+      mesh: as for ``fit``: every minibatch (of every run) is split along the mesh's first
+        axis, the parameters are replicated. A mesh over several processes' devices
+        (:mod:`lecopt.distributed`): every process makes this same call (model, grid, seeds,
+        strategy, sizes) with the whole data set, the same in each (checked: a difference
+        is a ``ValueError`` in every process). The data stays on the host; each process
+        gathers and transfers only its devices' slice of every minibatch, in the order
+        every process derives from the seed, and all processes return the same runs
+        (``state`` as global arrays replicated over the mesh). With ``"vmap"`` and several
+        seeds each run's minibatches are gathered separately (each process then holds one
+        slice of the epoch per run).
 
     Returns:
       A list of :class:`~lecopt.train.SweepRun`, settings in grid order, for each setting its
@@ -123,7 +140,7 @@ def sweep(
     if not seeds:
         raise ValueError("seeds must not be empty")
     settings = _settings(grid)
-    setup = prepare(model, data, batch_size, eval_batch_size, None)
+    setup = prepare(model, data, batch_size, eval_batch_size, mesh)
     if strategy == "auto":
         strategy = choose_strategy(model, setup.x[:1], setup.batch_size)
     # Group the settings by optimizer structure. "loop" passes the values as given, so each
@@ -135,10 +152,16 @@ def sweep(
                                                       setting.items()}))
         hyperparameters, structure = partition.split(optimizer)
         groups.setdefault(structure, []).append((i, hyperparameters))
+    if setup.multiprocess:
+        _check_processes_agree(
+            _fingerprint(setup, groups, settings), data, call="sweep", seeds=seeds,
+            epochs=epochs, strategy=strategy, on_nonfinite=on_nonfinite,
+            eval_batch_size=setup.eval_batch_size)
     train_group = _train_vmapped if strategy == "vmap" else _train_in_turn
     results: dict[tuple[int, int], SweepRun] = {}
     total = epochs * (len(groups) if strategy == "vmap" else len(settings) * len(seeds))
-    bar = progress_bar(progress, total, 0, f"sweep ({strategy})")
+    bar = progress_bar(progress and distributed.is_main_process(), total, 0,
+                       f"sweep ({strategy})")
     try:
         for structure, members in groups.items():
             compiled = programs.train_programs(setup.program_key(on_nonfinite, structure))
@@ -148,6 +171,21 @@ def sweep(
     finally:
         bar.close()
     return [results[(i, s)] for i in range(len(settings)) for s in seeds]
+
+
+def _fingerprint(setup: Setup, groups: dict, settings: list[dict]) -> dict[str, Any]:
+    """What every process of a sweep must agree on, besides the data and the settings."""
+    fields = {"model": stable_repr(setup.model), "batch_size": setup.batch_size,
+              "settings": to_jsonable(settings),
+              "optimizers": [[stable_repr(structure.treedef)
+                              + stable_repr(list(structure.static_leaves)),
+                              [[to_jsonable(np.asarray(h)) for h in hyperparameters]
+                               for _, hyperparameters in members]]
+                             for structure, members in groups.items()]}
+    if setup.initial is not None:  # an nnx.Module: its weights start every run
+        fields["initial_variables"] = distributed.content_digest(
+            *jax.tree.leaves(setup.initial)).hex()
+    return fields
 
 
 def _settings(grid: Mapping[str, Iterable] | Sequence[Mapping[str, Any]]) -> list[dict]:
@@ -184,18 +222,20 @@ def _train_in_turn(setup: Setup, compiled: programs.TrainPrograms, members: list
     evaluate_test = setup.eval_programs().evaluate
     buffer = jnp.zeros([steps], jnp.float32)
     no_bad_step = jnp.asarray(-1, jnp.int32)
+    if setup.multiprocess:  # placed as fit places them: the very same program, bit for bit
+        buffer, no_bad_step = setup.replicate((buffer, no_bad_step))
     out = {}
     for seed in seeds:
-        init_key, data_key = programs.seed_keys(seed)
-        orders = [programs.epoch_order(data_key, e, setup.n, steps, setup.batch_size)
-                  for e in range(epochs)]
+        init_key, data_key = setup.replicate(programs.seed_keys(seed))
         for i, hyperparameters in members:
+            if setup.multiprocess:
+                hyperparameters = setup.replicate(hyperparameters)
             started = time.perf_counter()
-            state = compiled.init(init_key, setup.x[:1], hyperparameters, *setup.init_args)
+            state = compiled.init(init_key, setup.example, hyperparameters, *setup.init_args)
             history = History(steps_per_epoch=steps, batch_size=setup.batch_size)
             for epoch in range(epochs):
                 state, losses, errors, skipped, bad_step = compiled.train_steps(
-                    state, hyperparameters, setup.x, setup.y, orders[epoch], 0, steps,
+                    state, hyperparameters, *setup.epoch_data(data_key, epoch), 0, steps,
                     no_bad_step, buffer, buffer)
                 test = None if setup.x_test is None else evaluate_test(
                     state.variables, setup.x_test, setup.y_test)
@@ -221,28 +261,28 @@ def _train_vmapped(setup: Setup, compiled: programs.TrainPrograms, members: list
     stacked = [jnp.stack([jnp.asarray(hyperparameters_of[i][k]) for i, _ in runs])
                for k in range(len(members[0][1]))]
     keys = {seed: programs.seed_keys(seed) for seed in seeds}
-    started = time.perf_counter()
     init_keys = jnp.stack([keys[seed][0] for _, seed in runs])
+    data_keys = [keys[seed][1] for _, seed in runs]
+    stacked, init_keys, data_keys, bad_steps, buffer = setup.replicate(
+        (stacked, init_keys, data_keys, jnp.full([len(runs)], -1, jnp.int32),
+         jnp.zeros([len(runs), steps], jnp.float32)))
+    started = time.perf_counter()
     if setup.initial is None:
-        state = compiled.init_vmapped(init_keys, setup.x[:1], stacked)
+        state = compiled.init_vmapped(init_keys, setup.example, stacked)
     else:  # an nnx.Module: every run starts from its weights
-        state = compiled.init_vmapped_from_variables(init_keys, setup.x[:1], stacked,
+        state = compiled.init_vmapped_from_variables(init_keys, setup.example, stacked,
                                                      setup.initial)
     histories = [History(steps_per_epoch=steps, batch_size=setup.batch_size) for _ in runs]
-    bad_steps = jnp.full([len(runs)], -1, jnp.int32)
-    buffer = jnp.zeros([len(runs), steps], jnp.float32)
     active = [True] * len(runs)
     for epoch in range(epochs):
         if len(seeds) == 1:
-            order = programs.epoch_order(keys[seeds[0]][1], epoch, setup.n, steps,
-                                         setup.batch_size)
+            batches = setup.epoch_data(data_keys[0], epoch)
             train_steps = compiled.train_steps_vmapped_shared_order
         else:
-            order = jnp.stack([programs.epoch_order(keys[seed][1], epoch, setup.n, steps,
-                                                    setup.batch_size) for _, seed in runs])
+            batches = setup.epochs_data(data_keys, epoch)
             train_steps = compiled.train_steps_vmapped
         state, losses, errors, skipped, bad_steps = train_steps(
-            state, stacked, setup.x, setup.y, order, 0, steps, bad_steps, buffer, buffer)
+            state, stacked, *batches, 0, steps, bad_steps, buffer, buffer)
         test = None
         if setup.x_test is not None:
             test = [np.asarray(v) for v in evaluate_all(state.variables, setup.x_test,
