@@ -258,7 +258,11 @@ def test_quick_benchmark_lecopt_not_worse_than_valley():
     for r in rows:  # the regret is measured, not the grid's own value
         assert r["regret"] >= 0.5 and np.isfinite(r["grid_best_loss"])
     fig = bench.plot(rows)
-    assert fig.axes[0].get_yscale() == "log"
+    # One cell per (rule, task, resolution), holding that row's regret.
+    cells = fig.axes[0].images[0].get_array()
+    assert cells.shape == (len(RULES), len(rows) // len(RULES))
+    lec = [r["regret"] for r in rows if r["rule"] == "lecopt"]
+    np.testing.assert_allclose(cells[list(RULES).index("lecopt")], np.clip(lec, 0.5, 20.0))
     import matplotlib.pyplot as plt
 
     plt.close("all")

@@ -268,36 +268,47 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def plot(rows: Sequence[dict[str, Any]]) -> Any:
-    """Regret of every rule on every (task, resolution), log scale, the 1.25x line marked.
+    """Regret of every rule (rows) on every task and resolution (columns) as a heat map, the
+    value written in each cell (``inf``: diverged), each rule's hit rate and median regret in
+    its label.
 
     Returns:
       The matplotlib ``Figure``.
     """
     import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
 
     rules = list(dict.fromkeys(r["rule"] for r in rows))
     keys = list(dict.fromkeys((r["task"], r["num_steps"]) for r in rows))
-    fig, ax = plt.subplots(figsize=(12, 5))
-    width = 0.8 / len(rules)
+    cell = {(r["rule"], r["task"], r["num_steps"]): r for r in rows}
+    regret = np.full((len(rules), len(keys)), np.inf)
+    for i, rule in enumerate(rules):
+        for j, (task, n) in enumerate(keys):
+            r = cell[(rule, task, n)]
+            if math.isfinite(r["rate"]) and math.isfinite(r["regret"]):
+                regret[i, j] = r["regret"]
     cap = 20.0
-    for j, rule in enumerate(rules):
-        vals = []
-        for task, n in keys:
-            r = next(r for r in rows if r["task"] == task and r["num_steps"] == n
-                     and r["rule"] == rule)
-            v = r["regret"] if math.isfinite(r["rate"]) else math.inf
-            vals.append(min(v, cap) if not math.isnan(v) else cap)
-        ax.bar(np.arange(len(keys)) + (j - len(rules) / 2 + 0.5) * width, vals, width,
-               label=rule, color=f"C{j}")
-    ax.axhline(HIT, color="k", ls="--", lw=1, label=f"regret {HIT}")
-    ax.set_yscale("log")
-    ax.set_ylim(0.9, cap * 1.1)
-    ax.set_xticks(np.arange(len(keys)))
-    ax.set_xticklabels([f"{t}\n{n} steps" for t, n in keys], rotation=90, fontsize="x-small")
-    ax.set_ylabel(f"regret: final loss / grid-best loss (log, capped at {cap:g})")
-    ax.set_xlabel("task and range-test resolution")
-    ax.set_title("Range-test suggestions judged by grid search (mnist-5k)")
-    ax.legend(fontsize="x-small", ncol=3)
+    fig, ax = plt.subplots(figsize=(max(10.0, 0.42 * len(keys) + 3), 0.5 * len(rules) + 4.2))
+    image = ax.imshow(np.clip(regret, 0.5, cap), cmap="RdYlGn_r", aspect="auto",
+                      norm=LogNorm(vmin=0.5, vmax=cap))
+    for i in range(len(rules)):
+        for j in range(len(keys)):
+            v = regret[i, j]
+            ax.text(j, i, "inf" if not math.isfinite(v) else f"{v:.1f}" if v < 10 else
+                    f"{v:.0f}", ha="center", va="center", fontsize=6.5,
+                    fontweight="bold" if v <= HIT else "normal")
+    s = summary(rows)
+    ax.set_yticks(range(len(rules)))
+    ax.set_yticklabels([f"{rule}: hit {s[rule]['hit_rate']:.0%}, median "
+                        f"{s[rule]['median_regret']:.2f}x" for rule in rules], fontsize="small")
+    ax.set_xticks(range(len(keys)))
+    ax.set_xticklabels([f"{t}, {n} steps" for t, n in keys], rotation=90, fontsize="x-small")
+    ax.set_xlabel("task (mnist-5k) and range-test resolution")
+    bar = fig.colorbar(image, ax=ax, pad=0.01)
+    bar.set_label(f"regret: final loss / grid-best loss (log, capped at {cap:g})")
+    bar.ax.axhline(HIT, color="k", lw=1.5)
+    ax.set_title(f"Range-test suggestions judged by grid search: regret per rule and task "
+                 f"(bold: hit, regret <= {HIT})")
     fig.tight_layout()
     return fig
 
