@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -365,6 +366,56 @@ def test_nonfinite_skip_counts_and_goes_on(small):
     chex.assert_tree_all_finite(state)
     assert np.all(np.isfinite(h.train_loss)) and h.train_loss[1] < h.train_loss[0]
     assert h.test_loss[1] < h.test_loss[0] and h.test_error[-1] < 0.8
+
+
+def _copies_per_step(hlo: str) -> list[tuple[str, int]]:
+    """(shape, elements) of every copy in the compiled loop's body and in the branches of
+    the conditionals it runs, from the optimized HLO text."""
+    computations, name = {}, None
+    for line in hlo.splitlines():
+        head = re.match(r"^(?:ENTRY )?%(\S+) ", line)
+        if head and line.rstrip().endswith("{"):
+            name = head.group(1)
+            computations[name] = []
+        elif name is not None:
+            computations[name].append(line)
+    looped = set(re.findall(r"body=%([\w.\-]+)", hlo))
+    for body in list(looped):
+        for line in computations[body]:
+            for branches in re.findall(r"branch_computations=\{([^}]*)\}", line):
+                looped |= {b.strip().lstrip("%") for b in branches.split(",")}
+            looped |= set(re.findall(r"(?:true|false)_computation=%([\w.\-]+)", line))
+    copies = []
+    for c in looped:
+        for line in computations[c]:
+            copy = re.search(r"= \w+\[([\d,]*)\]\S* copy\(", line)
+            if copy:
+                copies.append((copy.group(1), int(np.prod([int(d) for d in
+                                                           copy.group(1).split(",") if d]))))
+    return copies
+
+
+def test_the_compiled_step_updates_the_state_in_place(small):
+    # The update is computed inside the cond's taken branch, so it writes into the loop's
+    # buffers: no parameter or optimizer-state array is copied per step. (A cond choosing
+    # between a new state computed before it and the old one copied all of the new state at
+    # every step: 5.4 MB for the 784-512-512-10 MLP, 5-25% of its epoch.) Only the running
+    # averages, computed by the forward pass, are copied (64 values each).
+    from lecopt import partition
+    from lecopt.train import programs
+    from lecopt.train.inputs import prepare
+
+    setup = prepare(nn.MLP(features=(64, 64), batch_norm=True), small, BATCH, 1024, None)
+    hyperparameters, structure = partition.split(optimizers.sgd(LR, momentum=PHI))
+    compiled = programs.train_programs(setup.program_key("skip", structure))
+    state = compiled.init(programs.seed_keys(0)[0], setup.example, hyperparameters)
+    buf = jnp.zeros([S], jnp.float32)
+    order = jnp.asarray(train.batch_order(0, 0, N_TRAIN, BATCH))
+    hlo = compiled.train_steps.lower(state, hyperparameters, setup.x, setup.y, order, 0, S,
+                                     jnp.asarray(-1), buf, buf).compile().as_text()
+    copies = _copies_per_step(hlo)
+    assert copies, "no copy found at all: the HLO parsing is broken"  # the scalars at least
+    assert max(n for _, n in copies) <= 64, copies
 
 
 def test_bad_arguments_are_named(small):
