@@ -1,9 +1,12 @@
 """Subprocess worker of the kill-and-resume tests in tests/test_train.py.
 
-``python tests/_train_worker.py CHECKPOINT_DIR OUT.npz`` trains a tiny MLP on a slice of
-mnist-5k with frequent checkpoints, resuming from CHECKPOINT_DIR, and writes the final
-state's leaves and the per-step losses to OUT.npz (``-`` as CHECKPOINT_DIR: an uninterrupted
-run without checkpoints, the reference). It prints ``START`` right before training begins,
+``python tests/_train_worker.py CHECKPOINT_DIR OUT.npz [linen|nnx]`` trains a tiny MLP with
+BatchNorm (``lecopt.nn.MLP``, or ``lecopt.nnx.MLP`` with ``nnx``) on a slice of mnist-5k with
+frequent checkpoints, resuming from CHECKPOINT_DIR, and writes the final state's leaves and
+the per-step losses to OUT.npz (``-`` as CHECKPOINT_DIR: an uninterrupted run without
+checkpoints, the reference). For the NNX model the leaves are the trained module's
+``nnx.state`` (its Params and BatchStats) and the optimizer state, which ``fit`` hands to a
+callback at the last step. It prints ``START`` right before training begins,
 ``CKPT <step>`` after each checkpoint is committed and ``DONE`` at the end. With
 ``LECOPT_TEST_HANG_AT_FINALIZE=k`` the k-th checkpoint, fully written into orbax's temporary
 directory but not yet renamed, prints ``FINALIZING <tmp dir>`` and hangs, so that the test
@@ -24,7 +27,7 @@ EVERY = 4  # checkpoint every 4 steps: 16 steps per epoch, 16 checkpoints in all
 N_TRAIN, N_TEST = 512, 128
 
 
-def setup():
+def setup(kind: str = "linen"):
     """(model, optimizer, data, fit keyword arguments) of the run, shared with the test."""
     from lecopt import data, nn, optimizers, schedules
 
@@ -34,7 +37,14 @@ def setup():
     # A schedule and momentum: the optimizer state (velocity, step count) must resume too.
     tx = optimizers.sgd(schedules.linear_decay(0.1, 0.01, EPOCHS * N_TRAIN // BATCH),
                         momentum=0.9)
-    model = nn.MLP(features=(16,), batch_norm=True)
+    if kind == "nnx":
+        from flax import nnx
+
+        import lecopt.nnx
+
+        model = lecopt.nnx.MLP(784, (16,), 10, batch_norm=True, rngs=nnx.Rngs(0))
+    else:
+        model = nn.MLP(features=(16,), batch_norm=True)
     return model, tx, small, {"epochs": EPOCHS, "batch_size": BATCH, "seed": 3,
                               "progress": False}
 
@@ -67,6 +77,7 @@ def _watch_finalize(hang_at: int) -> None:
 
 def main() -> None:
     ckpt_dir, out = sys.argv[1], sys.argv[2]
+    kind = sys.argv[3] if len(sys.argv) > 3 else "linen"
     import jax
 
     cache = os.environ.get("LECOPT_TEST_JAX_CACHE")
@@ -78,13 +89,21 @@ def main() -> None:
         _watch_finalize(int(os.environ.get("LECOPT_TEST_HANG_AT_FINALIZE", "0")))
     from lecopt import train
 
-    model, tx, small, kw = setup()
+    model, tx, small, kw = setup(kind)
+    final = {}
+    if kind == "nnx":  # the optimizer state, which the trained module does not hold
+        kw.update(callback=lambda step, state: final.update(opt_state=state.opt_state),
+                  callback_steps=(EPOCHS * (N_TRAIN // BATCH),))
     print("START", flush=True)
     if ckpt_dir == "-":
         state, history = train.fit(model, tx, small, **kw)
     else:
         state, history = train.fit(model, tx, small, checkpoint_dir=ckpt_dir,
                                    checkpoint_every=EVERY, max_to_keep=2, **kw)
+    if kind == "nnx":
+        from flax import nnx
+
+        state = (nnx.state(state), final["opt_state"])
     leaves = {f"{i:03d}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(state))}
     leaves["step_loss"] = np.asarray(history.step_loss)
     tmp = out + ".tmp.npz"

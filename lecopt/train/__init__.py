@@ -25,10 +25,11 @@ How it is built, and why:
   BatchNorm statistics and the step size do not depend on the position in the epoch), so an
   epoch has ``S = N // batch_size`` steps. :func:`batch_order` returns this order.
 * **Non-finite values.** Each step computes ``finite = isfinite(loss) & all(isfinite(grads))``
-  and keeps the old state where it is false (a ``lax.cond`` between the new and the old
-  state). ``"skip"`` counts such steps and goes on. ``"stop"`` freezes the state from the
-  first such step to the end of the running chunk, and :func:`fit` then raises
-  :class:`NonFiniteError` naming the epoch and step, with the last good state attached.
+  and keeps the old state where it is false (a ``lax.cond`` whose taken branch computes the
+  optimizer's update, writing the new state in place). ``"skip"`` counts such steps and goes
+  on. ``"stop"`` freezes the state from the first such step to the end of the running chunk,
+  and :func:`fit` then raises :class:`NonFiniteError` naming the epoch and step, with the
+  last good state attached.
 * **NNX modules.** An ``nnx.Module`` is split (``nnx.split(module, nnx.Param,
   nnx.BatchStat)``) into its graph, a hashable static key on which the programs are cached (a
   second module of one structure compiles nothing), and its variables as pure dicts, passed to
