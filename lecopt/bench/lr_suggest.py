@@ -277,10 +277,11 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: Sequence[dict[str, Any]]) -> Any:
+def plot(rows: Sequence[dict[str, Any]], held_out: Sequence[dict[str, Any]] = ()) -> Any:
     """Regret of every rule (rows) on every task and resolution (columns) as a heat map, the
     value written in each cell (``inf``: diverged), each rule's hit rate and median regret in
-    its label.
+    its label; ``held_out`` rows (other tasks, the same rules) to the right of a line, with
+    their own hit rate in the label.
 
     Returns:
       The matplotlib ``Figure``.
@@ -288,6 +289,8 @@ def plot(rows: Sequence[dict[str, Any]]) -> Any:
     import matplotlib.pyplot as plt
     from matplotlib.colors import LogNorm
 
+    suite, held_out = list(rows), list(held_out)
+    rows = suite + held_out
     rules = list(dict.fromkeys(r["rule"] for r in rows))
     keys = list(dict.fromkeys((r["task"], r["num_steps"]) for r in rows))
     cell = {(r["rule"], r["task"], r["num_steps"]): r for r in rows}
@@ -307,10 +310,16 @@ def plot(rows: Sequence[dict[str, Any]]) -> Any:
             ax.text(j, i, "inf" if not math.isfinite(v) else f"{v:.1f}" if v < 10 else
                     f"{v:.0f}", ha="center", va="center", fontsize=6.5,
                     fontweight="bold" if v <= HIT else "normal")
-    s = summary(rows)
+    s, h = summary(suite), summary(held_out) if held_out else {}
     ax.set_yticks(range(len(rules)))
     ax.set_yticklabels([f"{rule}: hit {s[rule]['hit_rate']:.0%}, median "
-                        f"{s[rule]['median_regret']:.2f}x" for rule in rules], fontsize="small")
+                        f"{s[rule]['median_regret']:.2f}x"
+                        + (f" | held out {h[rule]['hit_rate']:.0%}, "
+                           f"{h[rule]['median_regret']:.2f}x" if h else "")
+                        for rule in rules], fontsize="small")
+    if held_out:
+        edge = len(dict.fromkeys((r["task"], r["num_steps"]) for r in suite)) - 0.5
+        ax.axvline(edge, color="k", lw=2.5)
     ax.set_xticks(range(len(keys)))
     ax.set_xticklabels([f"{t}, {n} steps" for t, n in keys], rotation=90, fontsize="x-small")
     ax.set_xlabel("task (mnist-5k) and range-test resolution")
@@ -318,7 +327,8 @@ def plot(rows: Sequence[dict[str, Any]]) -> Any:
     bar.set_label(f"regret: final loss / grid-best loss (log, capped at {cap:g})")
     bar.ax.axhline(HIT, color="k", lw=1.5)
     ax.set_title(f"Range-test suggestions judged by grid search: regret per rule and task "
-                 f"(bold: hit, regret <= {HIT})")
+                 f"(bold: hit, regret <= {HIT})"
+                 + ("; right of the black line: held-out tasks" if held_out else ""))
     fig.tight_layout()
     return fig
 
@@ -504,7 +514,7 @@ def section(quick: bool = False) -> dict[str, Any]:
             f"regret = final training loss at the suggested rate (exact) / grid-best loss; "
             f"hit: regret <= {HIT}",
         ],
-        "figures": {"lr_suggest_regret.png": figure_png(plot(rows + held))},
+        "figures": {"lr_suggest_regret.png": figure_png(plot(rows, held))},
     }
 
 
