@@ -729,8 +729,11 @@ def draw_batchnorm_offset(offset: float, epsilon: float, noise: Any,
     ax.legend(fontsize="small")
     if curves is not None:
         ax2 = axes[0, 1]
-        for (name, curve), color in zip(curves.items(), ["tab:red", "tab:blue"]):
-            ax2.loglog(offsets, np.maximum(curve, 1e-9), "o-", color=color, ms=3, label=name)
+        # The linen pair as on the left; further curves (e.g. the NNX modules) dashed.
+        colors = ["tab:red", "tab:blue", "tab:orange", "tab:cyan"]
+        for k, (name, curve) in enumerate(curves.items()):
+            ax2.loglog(offsets, np.maximum(curve, 1e-9), "o-" if k < 2 else "x--",
+                       color=colors[k] if k < len(colors) else f"C{k}", ms=3, label=name)
         ax2.axvline(offset, color="k", lw=1)
         ax2.set_xlabel("offset c")
         ax2.set_ylabel("relative error of the batch variance (floor 1e-9)")
@@ -740,12 +743,18 @@ def draw_batchnorm_offset(offset: float, epsilon: float, noise: Any,
     return fig
 
 
-def explore_batchnorm_offset(noise: Any = None, *, interactive: bool | None = None) -> Panel:
+def explore_batchnorm_offset(noise: Any = None, *, curves: Mapping[str, Sequence[float]]
+                             | None = None, offsets: Sequence[float] | None = None,
+                             interactive: bool | None = None) -> Panel:
     """The BatchNorm offset slider: move the offset ``c`` and ``epsilon`` of the inputs.
 
     Args:
       noise: the (batch, units) activations before the offset; default 256 x 16 standard
         normal samples (seed 0).
+      curves: the right panel's relative errors of the batch variance, ``{name: one value per
+        offset}`` (e.g. a notebook's own, with more modules); default: Flax's fast variance
+        and lecopt's, measured on ``noise`` at 21 offsets from 1 to 1e5.
+      offsets: the offsets of ``curves`` (required with them).
       interactive: see :func:`show`.
 
     Returns:
@@ -762,6 +771,10 @@ def explore_batchnorm_offset(noise: Any = None, *, interactive: bool | None = No
     if noise is None:
         noise = np.random.default_rng(0).standard_normal((256, 16)).astype(np.float32)
     noise = np.asarray(noise, np.float32)
+    if curves is not None:
+        if offsets is None or any(len(c) != len(offsets) for c in curves.values()):
+            raise ValueError("curves: give offsets=, with one value of every curve per offset")
+        return _offset_panel(noise, dict(curves), np.asarray(offsets), interactive)
     offsets = np.logspace(0, 5, 21)
     curves = {}
     for name, module in _batchnorm_modules(1e-5).items():
@@ -773,7 +786,11 @@ def explore_batchnorm_offset(noise: Any = None, *, interactive: bool | None = No
             v, _ = batch_variance(x)
             curve.append(np.abs(np.asarray(v, np.float64) - exact).max() / exact.max())
         curves[name] = curve
+    return _offset_panel(noise, curves, offsets, interactive)
 
+
+def _offset_panel(noise: np.ndarray, curves: dict, offsets: np.ndarray,
+                  interactive: bool | None) -> Panel:
     def draw(offset, epsilon):
         return draw_batchnorm_offset(offset, epsilon, noise, curves, offsets)
 

@@ -346,6 +346,20 @@ def test_batchnorm_offset_slider_moves_the_offset():
     assert panel.figure.axes[0].get_title().startswith("Offset c = 1e+04")
 
 
+def test_batchnorm_offset_explorer_draws_given_curves():
+    offsets = np.array([1.0, 10.0, 100.0])
+    curves = {"a": [1e-7, 1e-5, 1e-3], "b": [1e-7, 1e-7, 1e-7], "c": [2e-7, 2e-7, 2e-7]}
+    panel = widgets.explore_batchnorm_offset(curves=curves, offsets=offsets,
+                                             interactive=False)
+    right = panel.figure.axes[1]
+    drawn = {ln.get_label(): ln.get_ydata() for ln in right.lines if ln.get_label() in curves}
+    assert set(drawn) == set(curves)
+    for name, values in curves.items():
+        np.testing.assert_allclose(drawn[name], values)
+    with pytest.raises(ValueError, match="offsets="):
+        widgets.explore_batchnorm_offset(curves=curves, interactive=False)
+
+
 @pytest.mark.parametrize("make, match", [
     (lambda: widgets.draw_schedule("step_decay", 1e-3, 6e-3, 200), "kind='step_decay'"),
     (lambda: widgets.explore_schedules("step_decay"), "value='step_decay'"),
