@@ -468,9 +468,8 @@ def _sweep_impl(
         return carry, (jnp.where(live, loss, jnp.nan), jnp.where(live, smooth, jnp.nan))
 
     # Without an order the minibatches are the scanned-over sequence (xs) of an inner scan,
-    # once per cycle through them: XLA feeds each to the step in place, where indexing a
-    # stacked array inside the loop copied it every step (about half the time of a small
-    # model's step). With an order (a seed's, batched under vmap over seeds) the scan runs
+    # once per cycle through them: each step slices out its own minibatch (one minibatch
+    # copy). With an order (a seed's, batched under vmap over seeds) the scan runs
     # over the indices and each step gathers its own minibatch from the shared batches:
     # permuting the whole data set once per seed up front cost more than the sweep itself
     # for a small model, and a batched xs is sliced along its second axis every step.

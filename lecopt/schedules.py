@@ -989,8 +989,9 @@ def one_cycle_from_range_test(
 ) -> OneCycle:
     """The one-cycle schedules that follow a learning-rate range test.
 
-    Smith (2018) takes the peak of the cycle from the range test: the largest rate at which the
-    loss still falls fast. lecopt's ``lr_range_test(...).suggestion`` (the steepest decline) is that
+    Smith (2018) takes the peak of the cycle from the range test: a rate just below the one at
+    which the loss stops falling. lecopt's ``lr_range_test(...).suggestion`` (the lowest point
+    of the lag-free smoothed loss over 1.5, :func:`lecopt.lr_finder.lecopt_rule`) is such a
     rate, so it becomes ``max_lr`` and the cycle starts ``div_factor`` times lower, as fastai's
     ``fit_one_cycle(lr_max=...)`` after ``lr_find``.
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import io
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -215,13 +214,11 @@ def widgets_available() -> bool:
 
 
 def figure_png(fig: Any, dpi: int = 90) -> bytes:
-    """Renders a matplotlib figure to PNG bytes and closes it (it is then shown only once)."""
-    import matplotlib.pyplot as plt
+    """Renders a matplotlib figure to PNG bytes and closes it (it is then shown only once):
+    :func:`lecopt.train.figure_png` at the panels' resolution."""
+    from lecopt.train import figure_png as render
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+    return render(fig, dpi)
 
 
 class Panel:

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lecopt import bench
+from lecopt import bench, train
 
 
 def test_compiled_traffic_of_axpy_is_three_streams():
@@ -99,7 +99,7 @@ def test_a_section_table_and_figures_are_printed_and_written(tmp_path, monkeypat
     def fake(quick=False):
         return {"title": "suggestions", "table": bench.lr_suggest.format_table(rows),
                 "rows": [], "ratios": {}, "notes": [],
-                "figures": {"regret.png": bench.lr_suggest.figure_png(
+                "figures": {"regret.png": train.figure_png(
                     bench.lr_suggest.plot(rows))}}
 
     monkeypatch.setitem(bench.SECTIONS, "lr-suggest", fake)

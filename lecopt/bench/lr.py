@@ -120,44 +120,41 @@ def _sweep_contestants() -> tuple[dict[str, Any], float, int]:
     return contestants, agree, len(ref)
 
 
-def _timed_seeds(loss_fn: Any, init: Any, batches: dict) -> dict[str, Any]:
+def _timed_seeds(loss_fn: Any, init: Any, batches: Any, model_state: Any = None
+                 ) -> dict[str, Any]:
     """``lr_range_test``'s sweep program for 1 and for 3 seeds (the rules left out)."""
     static = dict(loss_fn=loss_fn, optimizer=_optimizer, num_steps=NUM_STEPS,
-                  mode="exponential", with_state=False)
+                  mode="exponential", with_state=model_state is not None)
+    num_batches = jax.tree.leaves(batches)[0].shape[0]
 
     def of(num_seeds: int):
-        stacked, orders = lr_finder._seed_inputs(init, batches["x"].shape[0],
-                                                 list(range(num_seeds)))
+        stacked, orders = lr_finder._seed_inputs(init, num_batches, list(range(num_seeds)))
         return lambda: timing.block(lr_finder._sweep_seeds(
-            stacked, None, batches, orders, 1e-6, 10.0, SMOOTHING, DIVERGE, **static))
+            stacked, model_state, batches, orders, 1e-6, 10.0, SMOOTHING, DIVERGE, **static))
 
     return {"1 seed": of(1), "3 seeds": of(3)}
 
 
-def _seed_models(ds: ldata.Dataset, quick: bool) -> dict[str, tuple[Any, Any, dict, int, int]]:
-    """``{label: (loss_fn, init, batches, batch size, parameters)}``: the synthetic problem of
-    the sweep rows, then mnist-5k with the models of :data:`SEED_MODELS`."""
+def _seed_models(ds: ldata.Dataset, quick: bool) -> dict[str, tuple[Any, ...]]:
+    """``{label: (loss_fn, init, batches, model_state, FLOPs per step)}``: the synthetic
+    problem of the sweep rows, then mnist-5k with the models of :data:`SEED_MODELS` and
+    ``fit``'s loss (:func:`lecopt.train.loss_function`)."""
     params, batches = _problem()
     out = {f"synthetic logistic regression {NUM_INPUTS}-1 b{BATCH}": (
-        _loss, lambda key: params, batches, BATCH, NUM_INPUTS + 1)}
+        _loss, lambda key: params, batches, None, 6.0 * BATCH * (NUM_INPUTS + 1))}
     x = np.asarray(ds.x_train, np.float32).reshape(len(ds.x_train), -1)
     y = np.asarray(ds.y_train, np.int32)
     for features, batch_size in SEED_MODELS[:2] if quick else SEED_MODELS:
         model = lnn.MLP(features=features)
         order = train.batch_order(0, 0, len(x), batch_size)
-        data = {"x": jnp.asarray(x[order]), "y": jnp.asarray(y[order])}
 
-        def init(key, model=model, x1=data["x"][0, :1]):
-            return model.init(key, x1, train=False)
+        def init(key, model=model, x1=x[:1]):
+            return model.init(key, x1, train=False)["params"]
 
-        def loss_fn(variables, batch, model=model):
-            logits = model.apply(variables, batch["x"], train=False)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
-
-        num_params = sum(int(np.size(v)) for v in jax.tree.leaves(init(jax.random.key(0))))
         widths = "-".join(map(str, (NUM_INPUTS, *features, 10)))
-        out[f"mnist-5k MLP {widths} b{batch_size}"] = (loss_fn, init, data, batch_size,
-                                                       num_params)
+        out[f"mnist-5k MLP {widths} b{batch_size}"] = (
+            train.loss_function(model), init, (jnp.asarray(x[order]), jnp.asarray(y[order])),
+            {}, train.flops_per_step(model, x, batch_size))
     return out
 
 
@@ -182,11 +179,11 @@ def run(quick: bool = False) -> dict:
     names = list(contestants)
     ratios = {"python loop / compiled sweep": med[names[1]] / med[names[0]],
               "python loop / lr_range_test end to end": med[names[1]] / med[names[3]]}
-    for label, (loss_fn, init, data, batch_size, num_params) in _seed_models(
+    for label, (loss_fn, init, data, model_state, step_flops) in _seed_models(
             ldata.load("mnist-5k"), quick).items():
-        t = timing.interleaved(_timed_seeds(loss_fn, init, data), rounds=rounds,
+        t = timing.interleaved(_timed_seeds(loss_fn, init, data, model_state), rounds=rounds,
                                repeats=repeats)
-        flops = 6 * batch_size * num_params * NUM_STEPS
+        flops = step_flops * NUM_STEPS
         for name, s in (("1 seed", 1), ("3 seeds", 3)):
             rows.append({"name": f"range test, {label}, {name}",
                          "median_s": t[name]["median"], "min_s": t[name]["min"],

@@ -110,26 +110,12 @@ def _range_tests(task: Task, model: Any, x: np.ndarray, y: np.ndarray,
                  max_lr: float = MAX_LR) -> dict[int, lr_finder.LRRangeTestResult]:
     """Range tests of ``task`` at each resolution, ``seeds`` seeds each (one program each)."""
     order = train.batch_order(0, 0, len(x), task.batch_size)  # fit(seed=0)'s first epoch
-    batches = {"x": jnp.asarray(x[order]), "y": jnp.asarray(y[order])}
+    batches = (jnp.asarray(x[order]), jnp.asarray(y[order]))
     x1 = jnp.asarray(x[:1])
-    init = lambda key: model.init(key, x1, train=False)
-
-    def ce(logits, labels):
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-    if task.batch_norm:
-        def loss_fn(variables, state, batch):
-            logits, upd = model.apply({"params": variables["params"], **state}, batch["x"],
-                                      train=True, mutable=["batch_stats"])
-            return ce(logits, batch["y"]), upd
-
-        params = lambda key: {"params": init(key)["params"]}
-        state = {"batch_stats": init(jax.random.key(0))["batch_stats"]}
-    else:
-        def loss_fn(variables, batch):
-            return ce(model.apply(variables, batch["x"], train=False), batch["y"])
-
-        params, state = init, None
+    # fit's own loss (train.loss_function): the sweep trains what the grid search trains.
+    loss_fn = train.loss_function(model)
+    params = lambda key: model.init(key, x1, train=False)["params"]
+    state = model.init(jax.random.key(0), x1, train=False).get("batch_stats", {})
     out = {}
     for n in num_steps:
         out[n] = lr_finder.lr_range_test(loss_fn, params, batches, OPTIMIZERS[task.opt],
@@ -200,8 +186,7 @@ def run_task(task: Task, num_steps: Sequence[int] = (100, 400, 1000), seeds: int
 
 def run(quick: bool = False, num_steps: Sequence[int] = (100, 400, 1000),
         tasks: Sequence[Task] | None = None, seeds: int = SEEDS,
-        progress: Callable[[str], None] | None = None, keep: list | None = None
-        ) -> list[dict[str, Any]]:
+        progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """The whole suite; returns one row per (task, resolution, rule).
 
     Args:
@@ -210,7 +195,6 @@ def run(quick: bool = False, num_steps: Sequence[int] = (100, 400, 1000),
       tasks: the tasks (default :data:`TASKS`, or :data:`QUICK_TASKS` when ``quick``).
       seeds: range-test seeds per resolution.
       progress: called with a line per finished task (e.g. ``print``).
-      keep: if a list, each task's full record (grid, range tests, timings) is appended.
 
     Returns:
       Rows ``{"task", "num_steps", "rule", "rate", "spread", "final_loss", "regret",
@@ -225,8 +209,6 @@ def run(quick: bool = False, num_steps: Sequence[int] = (100, 400, 1000),
     for task in tasks:
         rec = run_task(task, num_steps, seeds, grid_size, ds)
         rows += rec["rows"]
-        if keep is not None:
-            keep.append(rec)
         if progress is not None:
             secs = ", ".join(f"{k} {v:.1f} s" for k, v in rec["seconds"].items())
             progress(f"{task.name}: grid best {rec['grid'].best_rate:.3g} "
@@ -449,34 +431,6 @@ def claim7(settings: dict[str, Any] | None = None) -> dict[str, Any]:
             "rules": rules, "verdicts": verdicts}
 
 
-def records_to_numpy(keep: Sequence[dict]) -> list[dict]:
-    """The kept records as plain NumPy (curves of every resolution, the grid), for saving."""
-    out = []
-    for rec in keep:
-        g = rec["grid"]
-        out.append({
-            "task": dataclasses.asdict(rec["task"]),
-            "grid": {"rates": g.rates, "final_loss": g.final_loss, "test_error": g.test_error},
-            "tests": {n: {k: np.asarray(getattr(res, k)) for k in
-                          ("learning_rates", "losses", "smoothed_losses", "stopped_at",
-                           "diverged")} for n, res in rec["tests"].items()},
-            "seconds": rec["seconds"]})
-    return out
-
-
-
-def figure_png(fig: Any) -> bytes:
-    """A matplotlib figure as PNG bytes (and the figure closed)."""
-    import io
-
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def section(quick: bool = False) -> dict[str, Any]:
     """The suite as a ``lecopt bench`` section: ``{"title", "table", "rows", "ratios",
     "notes", "figures"}``; ``suggestions`` are :func:`run`'s rows for :data:`TASKS` (the
@@ -514,7 +468,7 @@ def section(quick: bool = False) -> dict[str, Any]:
             f"regret = final training loss at the suggested rate (exact) / grid-best loss; "
             f"hit: regret <= {HIT}",
         ],
-        "figures": {"lr_suggest_regret.png": figure_png(plot(rows, held))},
+        "figures": {"lr_suggest_regret.png": train.figure_png(plot(rows, held))},
     }
 
 

@@ -17,7 +17,6 @@ does).
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
@@ -132,13 +131,10 @@ class Figure:
 
         The title is the figure's suptitle, else the first axes' title.
         """
-        import matplotlib.pyplot as plt
+        from lecopt.train import figure_png
 
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
         title = fig.get_suptitle() or (fig.axes[0].get_title() if fig.axes else "")
-        plt.close(fig)
-        return cls(name=name, caption=caption, title=title, data=buf.getvalue())
+        return cls(name=name, caption=caption, title=title, data=figure_png(fig, dpi))
 
 
 @dataclasses.dataclass

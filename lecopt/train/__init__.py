@@ -92,7 +92,7 @@ from lecopt.train.grid_search import (
     train_at_rates,
     validate_suggestions,
 )
-from lecopt.train.plotting import plot_history
+from lecopt.train.plotting import figure_png, plot_history
 from lecopt.train.programs import batch_order, loss_function
 from lecopt.train.records import (
     CheckpointMismatchError,
@@ -125,6 +125,7 @@ __all__ = [
     "choose_strategy",
     "flops_per_step",
     "plot_history",
+    "figure_png",
     "to_jsonable",
     "VMAP_FLOPS_THRESHOLD_CPU",
 ]

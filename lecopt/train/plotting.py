@@ -1,7 +1,8 @@
-"""``plot_history``: the figure of a training history."""
+"""``plot_history``: the figure of a training history; ``figure_png``: any figure as PNG bytes."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -9,7 +10,21 @@ import numpy as np
 
 from lecopt.train.records import History
 
-__all__ = ["plot_history"]
+__all__ = ["plot_history", "figure_png"]
+
+
+def figure_png(fig: Any, dpi: int = 110) -> bytes:
+    """Renders a matplotlib figure to PNG bytes (cropped to what is drawn) and closes it.
+
+    The one renderer of the package: the experiments' figures, the bench's and the widgets'
+    panels all go through it.
+    """
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def plot_history(history: History | Mapping[str, Any], ax: Any = None) -> Any:
