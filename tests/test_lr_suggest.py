@@ -273,5 +273,8 @@ def test_dependence_table_reports_the_spread_of_its_rows():
              "rate": rate, "spread": 1.5} for lo, rate in ((1e-7, 0.2), (1e-6, 0.1))]
     rows.append({"task": "t", "kind": "budget", "epochs": 3, "grid_best_rate": 0.3,
                  "grid_best_loss": 0.1, "suggestion": 0.2, "suggestion_regret": 1.1})
+    rows.append({"task": "t", "kind": "seed noise", "num_steps": 400, "seeds": 3,
+                 "group_rates": [0.1, 0.25, 0.2], "move": 2.5})
     text = bench.format_dependence(rows)
+    assert "three disjoint groups): 0.1, 0.25, 0.2; max/min 2.50x" in text
     assert "max/min 2.00x" in text and "3 ep -> 0.3 (suggestion 0.2: regret 1.10x)" in text

@@ -325,17 +325,26 @@ RANGES: tuple[tuple[float, float], ...] = ((1e-7, 10.0), (1e-6, 10.0), (1e-5, 10
 BUDGETS: tuple[int, ...] = (1, 3, 10)
 
 
+def _geometric_median(rates: Any) -> float:
+    finite = np.asarray(rates, np.float64)
+    finite = finite[np.isfinite(finite)]
+    return float(np.exp(np.median(np.log(finite)))) if finite.size else math.nan
+
+
 def dependence(tasks: Sequence[Task] = DEPENDENCE_TASKS, num_steps: int = 400,
                seeds: int = SEEDS, ranges: Sequence[tuple[float, float]] = RANGES,
                budgets: Sequence[int] = BUDGETS, grid_size: int = 13,
                ds: ldata.Dataset | None = None) -> list[dict[str, Any]]:
     """What lecopt's suggestion depends on, besides the resolution: the swept range of rates
-    (at ``num_steps``), the seed (its spread), and what the best constant rate depends on:
-    the budget (a grid search at every budget of ``budgets``).
+    (at ``num_steps``), the seed (its spread, and the noise floor of the resolution move:
+    three disjoint groups of ``seeds`` seeds at one resolution), and what the best constant
+    rate depends on: the budget (a grid search at every budget of ``budgets``).
 
     Returns:
-      Rows ``{"task", "kind": "range" | "budget", ...}``: per range ``min_lr``, ``max_lr``,
-      ``rate`` (the median over seeds), ``spread`` (max/min over seeds); per budget
+      Rows ``{"task", "kind": "range" | "seed noise" | "budget", ...}``: per range
+      ``min_lr``, ``max_lr``, ``rate`` (the median over seeds), ``spread`` (max/min over
+      seeds); ``"seed noise"`` (one row): ``group_rates`` (the median suggestion of seeds
+      ``0..s-1``, ``s..2s-1``, ``2s..3s-1``) and ``move`` (their max/min); per budget
       ``epochs``, ``grid_best_rate``, ``grid_best_loss`` and ``suggestion_regret``, the
       regret of the suggestion of the default range (the first of ``ranges``) at that budget.
     """
@@ -351,6 +360,14 @@ def dependence(tasks: Sequence[Task] = DEPENDENCE_TASKS, num_steps: int = 400,
             rows.append({"task": task.name, "kind": "range", "min_lr": lo, "max_lr": hi,
                          "num_steps": num_steps, "rate": float(res.suggestion),
                          "spread": res.spread["lecopt"]})
+        # The seed's own share of the resolution move: disjoint groups of ``seeds`` seeds at
+        # ONE resolution; max/min of the group medians is what noise alone moves the median.
+        many = _range_tests(task, model, x, y, [num_steps], 3 * seeds, *ranges[0])[num_steps]
+        per_seed = many.seed_suggestions["lecopt"]
+        groups = [_geometric_median(per_seed[i : i + seeds]) for i in range(0, 3 * seeds, seeds)]
+        rows.append({"task": task.name, "kind": "seed noise", "num_steps": num_steps,
+                     "seeds": seeds, "group_rates": groups,
+                     "move": float(max(groups) / min(groups))})
         default = picks[tuple(ranges[0])]
         for epochs in budgets:
             grid, at = _grid_and_rates(dataclasses.replace(task, epochs=epochs), model,
@@ -373,6 +390,10 @@ def format_dependence(rows: Sequence[dict[str, Any]]) -> str:
                      + ", ".join(f"{r['min_lr']:.0e}..{r['max_lr']:g} -> {r['rate']:.3g} "
                                  f"(seeds {r['spread']:.2f}x)" for r in rng)
                      + f"; max/min {rates.max() / rates.min():.2f}x")
+        for r in (r for r in mine if r["kind"] == "seed noise"):
+            lines.append(f"{task}: seed noise at {r['num_steps']} steps (median of {r['seeds']} "
+                         "seeds, three disjoint groups): " + ", ".join(
+                             f"{v:.3g}" for v in r["group_rates"]) + f"; max/min {r['move']:.2f}x")
         lines.append(f"{task}: best constant rate over the budget: "
                      + ", ".join(f"{r['epochs']} ep -> {r['grid_best_rate']:.3g} (suggestion "
                                  f"{r['suggestion']:.3g}: regret {r['suggestion_regret']:.2f}x)"
