@@ -588,12 +588,15 @@ def _host_suggestions(curves: _Curves) -> tuple[dict, dict]:
         for name, v in one.items():
             per_seed[name].append(v)
     per_seed = {k: np.asarray(v) for k, v in per_seed.items()}
-    median = {}
-    for name, v in per_seed.items():
-        finite = v[np.isfinite(v)]
-        # The geometric median of rates: the median of their logarithms.
-        median[name] = float(np.exp(np.median(np.log(finite)))) if finite.size else math.nan
-    return median, per_seed
+    return {name: geometric_median(v) for name, v in per_seed.items()}, per_seed
+
+
+def geometric_median(rates: Any) -> float:
+    """The median of rates on a log scale (the median of their logarithms), over the finite
+    positive ones; NaN when there are none."""
+    v = np.asarray(rates, np.float64).reshape(-1)
+    v = v[np.isfinite(v) & (v > 0)]
+    return float(np.exp(np.median(np.log(v)))) if v.size else math.nan
 
 
 def _callback_suggestions(curves: _Curves) -> jax.Array:
@@ -754,9 +757,7 @@ def lr_range_test(
 
 def _one_rate(value: Any) -> float:
     # A suggestion of a vmapped result has one entry per sweep: mark their median.
-    v = np.asarray(value, np.float64).reshape(-1)
-    v = v[np.isfinite(v) & (v > 0)]
-    return float(np.exp(np.median(np.log(v)))) if v.size else math.nan
+    return geometric_median(value)
 
 
 def _suggestion_y(lrs: np.ndarray, curve: np.ndarray, rate: float) -> float:

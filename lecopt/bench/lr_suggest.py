@@ -325,12 +325,6 @@ RANGES: tuple[tuple[float, float], ...] = ((1e-7, 10.0), (1e-6, 10.0), (1e-5, 10
 BUDGETS: tuple[int, ...] = (1, 3, 10)
 
 
-def _geometric_median(rates: Any) -> float:
-    finite = np.asarray(rates, np.float64)
-    finite = finite[np.isfinite(finite)]
-    return float(np.exp(np.median(np.log(finite)))) if finite.size else math.nan
-
-
 def dependence(tasks: Sequence[Task] = DEPENDENCE_TASKS, num_steps: int = 400,
                seeds: int = SEEDS, ranges: Sequence[tuple[float, float]] = RANGES,
                budgets: Sequence[int] = BUDGETS, grid_size: int = 13,
@@ -364,7 +358,8 @@ def dependence(tasks: Sequence[Task] = DEPENDENCE_TASKS, num_steps: int = 400,
         # ONE resolution; max/min of the group medians is what noise alone moves the median.
         many = _range_tests(task, model, x, y, [num_steps], 3 * seeds, *ranges[0])[num_steps]
         per_seed = many.seed_suggestions["lecopt"]
-        groups = [_geometric_median(per_seed[i : i + seeds]) for i in range(0, 3 * seeds, seeds)]
+        groups = [lr_finder.geometric_median(per_seed[i : i + seeds])
+                  for i in range(0, 3 * seeds, seeds)]
         rows.append({"task": task.name, "kind": "seed noise", "num_steps": num_steps,
                      "seeds": seeds, "group_rates": groups,
                      "move": float(max(groups) / min(groups))})
