@@ -127,8 +127,29 @@ def test_lr_bench_contestants_compute_the_same_sweep():
     end_to_end = contestants["lr_range_test end to end"]()
     assert rules == pytest.approx(end_to_end.suggestions, rel=1e-6)
     assert record.losses.shape == (bench.lr.NUM_STEPS,)
-    one, three = (f() for f in bench.lr._timed_seeds(
+    one, three, shared = (f() for f in bench.lr._timed_seeds(
         bench.lr._loss, lambda key: bench.lr._problem()[0], bench.lr._problem()[1]).values())
     # The same params and order for seed 0 either way: the seeds program is one sweep per seed.
     np.testing.assert_allclose(np.asarray(three.losses[0]), np.asarray(one.losses[0]),
                                rtol=1e-5, atol=1e-6)
+    # Sharing seed 0's order: seed 0 is unchanged, the other seeds read seed 0's minibatches.
+    np.testing.assert_allclose(np.asarray(shared.losses[0]), np.asarray(one.losses[0]),
+                               rtol=1e-5, atol=1e-6)
+    assert not np.allclose(np.asarray(shared.losses[1]), np.asarray(three.losses[1]))
+
+
+def test_lr_bench_floors_do_the_work_they_name():
+    contestants, _, _ = bench.lr._sweep_contestants()
+    params, batches = bench.lr._problem()
+    # The kernel floor is the sweep whose every step sees minibatch 0: the same as the sweep
+    # over 100 copies of it.
+    floor = contestants["floor: compiled sweep on one cached minibatch"]()
+    tiled = jax.tree.map(lambda a: jnp.repeat(a[:1], bench.lr.NUM_STEPS, axis=0), batches)
+    ref = bench.lr.lr_finder._sweep(
+        params, None, tiled, None, bench.lr.MIN_LR, bench.lr.MAX_LR, bench.lr.SMOOTHING,
+        bench.lr.DIVERGE, loss_fn=bench.lr._loss, optimizer=bench.lr._optimizer,
+        num_steps=bench.lr.NUM_STEPS, mode="exponential", with_state=False)
+    np.testing.assert_allclose(np.asarray(floor.losses), np.asarray(ref.losses), rtol=1e-5)
+    # The read floor copies every minibatch: its buffer ends holding the last one.
+    landed = contestants["floor: read each minibatch once (NumPy copy)"]()
+    np.testing.assert_array_equal(landed, np.asarray(batches["x"][-1]))

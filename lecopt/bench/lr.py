@@ -12,17 +12,31 @@ the record (every rule of :data:`lecopt.lr_finder.RULES`, NumPy on the host) is 
 after either sweep: it is timed on its own, and ``lr_range_test`` end to end (validation,
 sweep, rules) is a third row.
 
+**How far from the limit.** Two floors, measured in the same rounds: the compiled sweep on one
+minibatch used for every step (it stays in cache, so this is the arithmetic and the
+per-step overhead of the scan without the memory traffic), and a single-threaded NumPy copy
+of each of the 100 minibatches out of the stacked array (the cost of reading every minibatch
+from memory once, which any sweep over fresh data pays). A compiled step that costs about one
+minibatch read is at the memory floor; the loop's time over that floor bounds what any
+compiled sweep could gain over the loop.
+
 **Seeds.** ``lr_range_test(..., seeds=S)`` runs the seeds as one vmapped program. Timed for 1
 and 3 seeds (100 steps) on the synthetic problem of the sweep rows and on mnist-5k at three
 model sizes, with the FLOP/s (``6 * batch * parameters`` per step): where one seed's step is
 short, its fixed per-step cost is shared and 3 seeds cost little more than one; where it is a
 matrix product that already keeps the cores busy, 3 seeds are 3x the arithmetic and cost
-about 3x.
+about 3x. The machine's peak is measured in the same run (a jitted 1024x1024 float32 matrix
+product): a model whose one seed runs at a fraction f of that peak cannot run 3 seeds in
+less than ``3 f`` times one seed's time, printed as the lower bound beside each ratio. A
+third row per model runs the 3 seeds on one shared minibatch order (not an option of
+``lr_range_test``, whose seeds each draw their own order): it splits the seeds' cost into
+the extra arithmetic and the cost of each seed reading its own minibatch.
 """
 
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import jax
@@ -110,14 +124,41 @@ def _sweep_contestants() -> tuple[dict[str, Any], float, int]:
             _loss, params, batches, _optimizer, min_lr=MIN_LR, max_lr=MAX_LR,
             num_steps=NUM_STEPS, smoothing=SMOOTHING, diverge_factor=DIVERGE))
 
+    one_batch = jax.tree.map(lambda a: a[:1], batches)
+
+    def kernel_floor() -> lr_finder._Curves:
+        # The same program on one minibatch cycled for every step: it stays in cache.
+        return timing.block(lr_finder._sweep(params, None, one_batch, None, MIN_LR, MAX_LR,
+                                             SMOOTHING, DIVERGE, **static))
+
+    x_host = np.asarray(batches["x"])
+    landing = np.empty_like(x_host[0])
+
+    def read_floor() -> np.ndarray:
+        for block in x_host:  # every minibatch read from memory once, one thread
+            np.copyto(landing, block)
+        return landing
+
     ref = _python_loop(params, batch_list, step_fn, tx)
     agree = float(np.max(np.abs(record.smoothed_losses[: len(ref)] - np.asarray(ref))))
     contestants = {"compiled sweep (lr_range_test's program)": sweep,
                    "python loop of jitted steps": lambda: _python_loop(params, batch_list,
                                                                        step_fn, tx),
                    "the rules on the record (host NumPy)": rules,
-                   "lr_range_test end to end": end_to_end}
+                   "lr_range_test end to end": end_to_end,
+                   "floor: compiled sweep on one cached minibatch": kernel_floor,
+                   "floor: read each minibatch once (NumPy copy)": read_floor}
     return contestants, agree, len(ref)
+
+
+def _peak_gflops(rounds: int) -> float:
+    """The machine's float32 matrix-product rate (a jitted 1024^3 product), GFLOP/s."""
+    n = 1024
+    a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
+    matmul = jax.jit(lambda a: a @ a)
+    t = timing.interleaved({"matmul": lambda: timing.block(matmul(a))}, rounds=rounds,
+                           repeats=1)
+    return 2.0 * n**3 / t["matmul"]["median"] / 1e9
 
 
 def _timed_seeds(loss_fn: Any, init: Any, batches: Any, model_state: Any = None
@@ -132,7 +173,20 @@ def _timed_seeds(loss_fn: Any, init: Any, batches: Any, model_state: Any = None
         return lambda: timing.block(lr_finder._sweep_seeds(
             stacked, model_state, batches, orders, 1e-6, 10.0, SMOOTHING, DIVERGE, **static))
 
-    return {"1 seed": of(1), "3 seeds": of(3)}
+    stacked, orders = lr_finder._seed_inputs(init, num_batches, [0, 1, 2])
+    shared = lambda: timing.block(_sweep_seeds_shared_order(
+        stacked, model_state, batches, orders[0], **static))
+    return {"1 seed": of(1), "3 seeds": of(3), "3 seeds sharing one minibatch order": shared}
+
+
+@partial(jax.jit, static_argnames=lr_finder._STATIC)
+def _sweep_seeds_shared_order(params, model_state, batches, order, **static) -> Any:
+    # A reference point, not an option of lr_range_test: every seed reads the same minibatch
+    # each step, so only the params are batched and the model's products are one wider matrix
+    # product instead of one per seed. It shows how much of the seeds' cost is their own data.
+    one = lambda p: lr_finder._sweep_impl(p, model_state, batches, order, 1e-6, 10.0,
+                                          SMOOTHING, DIVERGE, **static)
+    return jax.vmap(one)(params)
 
 
 def _seed_models(ds: ldata.Dataset, quick: bool) -> dict[str, tuple[Any, ...]]:
@@ -165,10 +219,11 @@ def run(quick: bool = False) -> dict:
       quick: fewer timing rounds, and the seeds measured on the two small models only.
 
     Returns:
-      ``rows``: per contestant ``name``, ``median_s``, ``min_s`` and ``per_step_us`` (and for
-      the seeds rows ``GFLOP_per_s``); ``ratios``: ``"python loop / compiled sweep"``,
-      ``"python loop / lr_range_test end to end"`` and per model ``"3 seeds / 1 seed"``;
-      ``notes``.
+      ``rows``: per contestant ``name``, ``median_s``, ``min_s`` and ``per_step_us`` (the
+      read floor with ``GB_per_s``, the seeds rows with ``GFLOP_per_s``); ``ratios``:
+      ``"python loop / compiled sweep"``, ``"python loop / lr_range_test end to end"``, the
+      compiled sweep and the loop against the floors, and per model ``"3 seeds / 1 seed"``
+      beside its lower bound at the measured peak FLOP/s; ``notes``.
     """
     rounds, repeats = (5, 1) if quick else (15, 3)
     contestants, agree, steps_run = _sweep_contestants()
@@ -177,19 +232,31 @@ def run(quick: bool = False) -> dict:
     rows = [{"name": name, "median_s": t["median"], "min_s": t["min"],
              "per_step_us": 1e6 * t["median"] / NUM_STEPS} for name, t in times.items()]
     names = list(contestants)
-    ratios = {"python loop / compiled sweep": med[names[1]] / med[names[0]],
-              "python loop / lr_range_test end to end": med[names[1]] / med[names[3]]}
+    compiled, loop, end_to_end, kernel, read = (med[names[i]] for i in (0, 1, 3, 4, 5))
+    read_bytes = contestants[names[5]]().nbytes * NUM_STEPS
+    rows[5]["GB_per_s"] = read_bytes / read / 1e9
+    ratios = {"python loop / compiled sweep": loop / compiled,
+              "python loop / lr_range_test end to end": loop / end_to_end,
+              "compiled sweep / read floor": compiled / read,
+              "compiled sweep / cached-minibatch floor": compiled / kernel,
+              "python loop / read floor (most any compiled sweep could gain)": loop / read}
+    peak = _peak_gflops(rounds)
     for label, (loss_fn, init, data, model_state, step_flops) in _seed_models(
             ldata.load("mnist-5k"), quick).items():
         t = timing.interleaved(_timed_seeds(loss_fn, init, data, model_state), rounds=rounds,
                                repeats=repeats)
         flops = step_flops * NUM_STEPS
-        for name, s in (("1 seed", 1), ("3 seeds", 3)):
+        for name, s in (("1 seed", 1), ("3 seeds", 3),
+                        ("3 seeds sharing one minibatch order", 3)):
             rows.append({"name": f"range test, {label}, {name}",
                          "median_s": t[name]["median"], "min_s": t[name]["min"],
                          "per_step_us": 1e6 * t[name]["median"] / NUM_STEPS,
                          "GFLOP_per_s": s * flops / t[name]["median"] / 1e9})
         ratios[f"{label}: 3 seeds / 1 seed"] = t["3 seeds"]["median"] / t["1 seed"]["median"]
+        ratios[f"{label}: 3 seeds sharing one order / 1 seed"] = (
+            t["3 seeds sharing one minibatch order"]["median"] / t["1 seed"]["median"])
+        ratios[f"{label}: 3 seeds / 1 seed, lower bound at peak FLOP/s"] = (
+            3.0 * flops / t["1 seed"]["median"] / 1e9 / peak)
     return {
         "title": (f"LR range test, {NUM_STEPS} steps: the compiled sweep against a Python loop "
                   f"(logistic regression on {NUM_INPUTS} inputs, batch {BATCH}, sgd momentum "
@@ -205,8 +272,14 @@ def run(quick: bool = False) -> dict:
             "(the same host work after either sweep) are timed on their own",
             f"both sweeps ran all {steps_run} steps; max |smoothed loss difference| = "
             f"{agree:.2e}",
+            "floors: the compiled sweep on one minibatch reused every step (cache-resident: "
+            "arithmetic and scan overhead only), and a one-thread NumPy copy of each of the "
+            f"{NUM_STEPS} minibatches ({read_bytes / 1e6:.0f} MB, "
+            f"{read_bytes / read / 1e9:.1f} GB/s): a step near the read floor is memory-bound, "
+            "and loop / read floor bounds the gain of any compiled sweep over fresh minibatches",
             "seeds: one vmapped program per count; FLOP/s = seeds x 6 x batch x parameters "
-            "per step",
+            f"per step; peak {peak:.0f} GFLOP/s (jitted 1024^3 float32 matmul, this run); "
+            "the lower bound is 3 x one seed's FLOP/s / peak",
             "targets: the compiled sweep >= 5x faster than the loop; 3 seeds <= 1.5x one seed",
         ],
     }
