@@ -136,6 +136,10 @@ def test_lr_bench_contestants_compute_the_same_sweep():
     np.testing.assert_allclose(np.asarray(shared.losses[0]), np.asarray(one.losses[0]),
                                rtol=1e-5, atol=1e-6)
     assert not np.allclose(np.asarray(shared.losses[1]), np.asarray(three.losses[1]))
+    # Every seed starts from the same params here, so on one shared order every seed's sweep
+    # is seed 0's single sweep.
+    np.testing.assert_allclose(np.asarray(shared.losses[1]), np.asarray(one.losses[0]),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_lr_bench_floors_do_the_work_they_name():

@@ -54,6 +54,13 @@ BATCH = 64
 NUM_STEPS = 100
 MIN_LR, MAX_LR = 1e-5, 1.0
 SMOOTHING, DIVERGE = 0.98, 4.0
+SEED_MIN_LR, SEED_MAX_LR = 1e-6, 10.0
+"""The swept range of the seeds measurement (wide enough for every model of it)."""
+COMPILED, LOOP, RULES, END_TO_END = (
+    "compiled sweep (lr_range_test's program)", "python loop of jitted steps",
+    "the rules on the record (host NumPy)", "lr_range_test end to end")
+KERNEL_FLOOR = "floor: compiled sweep on one cached minibatch"
+READ_FLOOR = "floor: read each minibatch once (NumPy copy)"
 SEED_MODELS = (((), 64), ((64,), 128), ((512, 512), 128))
 """(hidden features, batch size) of the seeds measurement: logistic regression, a small MLP
 and the lecture's 784-512-512-10 MLP."""
@@ -141,13 +148,12 @@ def _sweep_contestants() -> tuple[dict[str, Any], float, int]:
 
     ref = _python_loop(params, batch_list, step_fn, tx)
     agree = float(np.max(np.abs(record.smoothed_losses[: len(ref)] - np.asarray(ref))))
-    contestants = {"compiled sweep (lr_range_test's program)": sweep,
-                   "python loop of jitted steps": lambda: _python_loop(params, batch_list,
-                                                                       step_fn, tx),
-                   "the rules on the record (host NumPy)": rules,
-                   "lr_range_test end to end": end_to_end,
-                   "floor: compiled sweep on one cached minibatch": kernel_floor,
-                   "floor: read each minibatch once (NumPy copy)": read_floor}
+    contestants = {COMPILED: sweep,
+                   LOOP: lambda: _python_loop(params, batch_list, step_fn, tx),
+                   RULES: rules,
+                   END_TO_END: end_to_end,
+                   KERNEL_FLOOR: kernel_floor,
+                   READ_FLOOR: read_floor}
     return contestants, agree, len(ref)
 
 
@@ -171,7 +177,8 @@ def _timed_seeds(loss_fn: Any, init: Any, batches: Any, model_state: Any = None
     def of(num_seeds: int):
         stacked, orders = lr_finder._seed_inputs(init, num_batches, list(range(num_seeds)))
         return lambda: timing.block(lr_finder._sweep_seeds(
-            stacked, model_state, batches, orders, 1e-6, 10.0, SMOOTHING, DIVERGE, **static))
+            stacked, model_state, batches, orders, SEED_MIN_LR, SEED_MAX_LR, SMOOTHING, DIVERGE,
+            **static))
 
     stacked, orders = lr_finder._seed_inputs(init, num_batches, [0, 1, 2])
     shared = lambda: timing.block(_sweep_seeds_shared_order(
@@ -184,8 +191,8 @@ def _sweep_seeds_shared_order(params, model_state, batches, order, **static) -> 
     # A reference point, not an option of lr_range_test: every seed reads the same minibatch
     # each step, so only the params are batched and the model's products are one wider matrix
     # product instead of one per seed. It shows how much of the seeds' cost is their own data.
-    one = lambda p: lr_finder._sweep_impl(p, model_state, batches, order, 1e-6, 10.0,
-                                          SMOOTHING, DIVERGE, **static)
+    one = lambda p: lr_finder._sweep_impl(p, model_state, batches, order, SEED_MIN_LR,
+                                          SEED_MAX_LR, SMOOTHING, DIVERGE, **static)
     return jax.vmap(one)(params)
 
 
@@ -229,12 +236,13 @@ def run(quick: bool = False) -> dict:
     contestants, agree, steps_run = _sweep_contestants()
     times = timing.interleaved(contestants, rounds=rounds, repeats=repeats)
     med = {name: t["median"] for name, t in times.items()}
+    compiled, loop, end_to_end, kernel, read = (
+        med[name] for name in (COMPILED, LOOP, END_TO_END, KERNEL_FLOOR, READ_FLOOR))
+    read_bytes = NUM_STEPS * BATCH * NUM_INPUTS * np.dtype(np.float32).itemsize
     rows = [{"name": name, "median_s": t["median"], "min_s": t["min"],
-             "per_step_us": 1e6 * t["median"] / NUM_STEPS} for name, t in times.items()]
-    names = list(contestants)
-    compiled, loop, end_to_end, kernel, read = (med[names[i]] for i in (0, 1, 3, 4, 5))
-    read_bytes = contestants[names[5]]().nbytes * NUM_STEPS
-    rows[5]["GB_per_s"] = read_bytes / read / 1e9
+             "per_step_us": 1e6 * t["median"] / NUM_STEPS,
+             **({"GB_per_s": read_bytes / read / 1e9} if name == READ_FLOOR else {})}
+            for name, t in times.items()]
     ratios = {"python loop / compiled sweep": loop / compiled,
               "python loop / lr_range_test end to end": loop / end_to_end,
               "compiled sweep / read floor": compiled / read,
